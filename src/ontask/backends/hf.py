@@ -1,0 +1,217 @@
+"""Local transformers scorer: batched, length-sorted, output-only vocabulary projection.
+
+How it is fast (in the spirit of lm-evaluation-harness's loglikelihood):
+- requests are tokenised once, sorted by length and packed into batches under a token
+  budget, so padding is small;
+- the transformer body runs on the whole sequence, but the vocabulary projection and
+  log-softmax (the widest matmul of a small model) run only on the positions that
+  predict output tokens;
+- when every sequence of a batch starts with the same tokens (the chat template's system
+  header), that prefix runs once and its key/value cache is shared by the batch.
+
+Output tokens are located exactly: the prompt is tokenised alone and must be a prefix of
+the tokenised prompt + output; if the tokenizer merges across the boundary, the output is
+tokenised on its own and appended, so the split is still exact by construction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .base import PassError, PassOutcome, PassRequest, PassResult, fingerprint_of
+
+MIN_SHARED_PREFIX = 8  # below this, sharing a prefix costs more than it saves
+
+
+class HFScorer:
+    """Scores passes with a transformers causal LM on CPU or GPU."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str,
+        identity: dict[str, Any],
+        batch_tokens: int = 4096,
+        max_length: int | None = None,
+        share_prefix: bool = True,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.batch_tokens = batch_tokens
+        self.share_prefix = share_prefix
+        cfg = model.config
+        self.max_length = max_length or int(getattr(cfg, "max_position_embeddings", 2048))
+        self._softcap = getattr(cfg, "final_logit_softcapping", None)
+        self._body = model.base_model
+        self._head = model.get_output_embeddings()
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._identity = {
+            **identity,
+            "template": hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:16],
+            "dtype": str(next(model.parameters()).dtype),
+        }
+        self._fingerprint = fingerprint_of(self._identity)
+        self.stats = {"batches": 0, "tokens": 0, "passes": 0}
+
+    # -- identity -----------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "fingerprint": self._fingerprint, **self._identity}
+
+    # -- text -> tokens -------------------------------------------------------------
+    def render_prompt(self, user: str) -> str:
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+        )
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode(self, req: PassRequest) -> tuple[list[int], int] | PassError:
+        """Token ids of prompt + output and the index where the output starts."""
+        prompt = self.render_prompt(req.user)
+        p_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        full = self.tokenizer(prompt + req.output, add_special_tokens=False)["input_ids"]
+        if full[: len(p_ids)] != p_ids:  # boundary merge: split exactly by construction
+            full = p_ids + self.tokenizer(req.output, add_special_tokens=False)["input_ids"]
+        if len(full) == len(p_ids):
+            return PassError("output has no tokens")
+        if len(full) > self.max_length:
+            return PassError(f"too long: {len(full)} tokens > model maximum {self.max_length}")
+        return full, len(p_ids)
+
+    # -- scoring --------------------------------------------------------------------
+    def score(self, requests: Sequence[PassRequest]) -> list[PassOutcome]:
+        results: list[PassOutcome | None] = [None] * len(requests)
+        encoded: list[tuple[int, list[int], int]] = []
+        for i, req in enumerate(requests):
+            enc = self.encode(req)
+            if isinstance(enc, PassError):
+                results[i] = enc
+            else:
+                encoded.append((i, enc[0], enc[1]))
+        for batch in self._plan_batches(encoded):
+            for (i, ids, start), res in zip(batch, self._forward(batch)):
+                results[i] = res
+        return results  # type: ignore[return-value]
+
+    def _plan_batches(self, encoded: list[tuple[int, list[int], int]]):
+        """Longest first (a memory problem shows at once), packed under the token budget.
+
+        Ties are broken by the original index so that the plan, and hence every float,
+        depends only on the requests, not on dictionary or set order.
+        """
+        order = sorted(encoded, key=lambda e: (-len(e[1]), e[0]))
+        batch: list[tuple[int, list[int], int]] = []
+        for item in order:
+            width = len(batch[0][1]) if batch else len(item[1])
+            if batch and width * (len(batch) + 1) > self.batch_tokens:
+                yield batch
+                batch = []
+            batch.append(item)
+        if batch:
+            yield batch
+
+    @torch.inference_mode()
+    def _forward(self, batch: list[tuple[int, list[int], int]]) -> list[PassResult]:
+        seqs = [ids for _, ids, _ in batch]
+        starts = [s for _, _, s in batch]
+        prefix = _common_prefix(seqs, limit=min(starts)) if self.share_prefix and len(seqs) > 1 else 0
+        if prefix < MIN_SHARED_PREFIX:
+            prefix = 0
+        width = max(len(s) for s in seqs) - prefix
+        ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), prefix + width), dtype=torch.long)
+        for b, s in enumerate(seqs):
+            ids[b, : len(s) - prefix] = torch.tensor(s[prefix:])
+            mask[b, : len(s)] = 1
+        if prefix:
+            pre = self._body(
+                input_ids=torch.tensor([seqs[0][:prefix]]), use_cache=True
+            ).past_key_values
+            pre.batch_repeat_interleave(len(seqs))
+            hidden = self._body(input_ids=ids, attention_mask=mask, past_key_values=pre, use_cache=True).last_hidden_state
+        else:
+            hidden = self._body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+
+        # Positions (in `hidden`, shifted by the prefix) whose next token is an output token.
+        rows, cols, targets, owner = [], [], [], []
+        for b, (s, start) in enumerate(zip(seqs, starts)):
+            n = len(s) - start
+            rows.extend([b] * n)
+            cols.extend(range(start - 1 - prefix, len(s) - 1 - prefix))
+            targets.extend(s[start:])
+            owner.extend([b] * n)
+        h = hidden[torch.tensor(rows), torch.tensor(cols)]
+        tgt = torch.tensor(targets)
+        token_lp = torch.empty(len(targets), dtype=torch.float32)
+        for a in range(0, len(targets), 1024):  # bound the [positions x vocab] buffer
+            logits = self._head(h[a : a + 1024]).float()
+            if self._softcap:
+                logits = torch.tanh(logits / self._softcap) * self._softcap
+            token_lp[a : a + 1024] = torch.log_softmax(logits, dim=-1).gather(
+                1, tgt[a : a + 1024, None]
+            )[:, 0]
+        sums = torch.zeros(len(seqs), dtype=torch.float64).index_add_(
+            0, torch.tensor(owner), token_lp.double()
+        )
+        self.stats["batches"] += 1
+        self.stats["passes"] += len(seqs)
+        self.stats["tokens"] += sum(len(s) for s in seqs)
+        return [
+            PassResult(float(sums[b]), len(s) - start, start)
+            for b, (s, start) in enumerate(zip(seqs, starts))
+        ]
+
+
+def _common_prefix(seqs: list[list[int]], limit: int) -> int:
+    """Length of the longest common prefix, at most `limit` (keep >=1 token per row)."""
+    first = seqs[0]
+    n = min(limit, *(len(s) for s in seqs)) - 1  # leave one prompt token to predict from
+    for i in range(max(n, 0)):
+        tok = first[i]
+        if any(s[i] != tok for s in seqs):
+            return i
+    return max(n, 0)
+
+
+def weights_identity(path: Path) -> dict[str, Any]:
+    """Identity of a local model folder: config content plus weight file sizes and mtimes.
+
+    Hashing multi-GB weights on every start would be slow; size + mtime errs towards
+    recomputation (a touched file invalidates the cache) rather than towards stale hits.
+    """
+    files = sorted(p for p in path.iterdir() if p.suffix in {".safetensors", ".bin", ".gguf", ".pt"})
+    config = (path / "config.json").read_text() if (path / "config.json").exists() else ""
+    return {
+        "config": hashlib.sha256(config.encode()).hexdigest()[:16],
+        "weights": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files],
+    }
+
+
+def load_hf_scorer(path: str | os.PathLike, *, name: str | None = None, identity: dict | None = None, **kw: Any) -> HFScorer:
+    """Load `hf:PATH` (a local folder; no hub access on purpose) as a scorer, fp32."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"hf model folder not found: {path} (ontask never downloads models)")
+    tok = AutoTokenizer.from_pretrained(path)
+    if not tok.chat_template:
+        raise ValueError(f"{path}: the tokenizer has no chat_template; scores are defined over the chat template")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    ident = identity or {"model": str(path.resolve()), **weights_identity(path)}
+    return HFScorer(model, tok, name=name or f"hf:{path}", identity=ident, **kw)
+
+

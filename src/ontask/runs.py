@@ -1,0 +1,57 @@
+"""Where a command writes: its data file and, beside it, run.json and failed.jsonl."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    output: Path
+
+    @classmethod
+    def at(cls, out: str | os.PathLike) -> "RunPaths":
+        """`out` may be a file (`scored.jsonl`, `.parquet`) or a folder (then `data.jsonl`)."""
+        out = Path(out)
+        if out.is_dir() or not out.suffix:
+            out = out / "data.jsonl"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return cls(out)
+
+    @property
+    def dir(self) -> Path:
+        return self.output.parent
+
+    @property
+    def manifest(self) -> Path:
+        return self.dir / "run.json"
+
+    @property
+    def failed(self) -> Path:
+        return self.dir / "failed.jsonl"
+
+    @property
+    def dropped(self) -> Path:
+        return self.dir / "dropped.jsonl"
+
+    @property
+    def spool(self) -> Path:
+        return self.dir / f".{self.output.name}.spool.jsonl"
+
+
+def versions() -> dict[str, str]:
+    """Versions of ontask and the libraries that change results, for manifests."""
+    import importlib.metadata as md
+
+    out = {"ontask": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "transformers", "sentence-transformers", "numpy", "pyarrow"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out

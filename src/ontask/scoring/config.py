@@ -1,0 +1,63 @@
+"""Settings of `ontask score`, validated before any model is loaded."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Metric = Literal["ppl", "ifd", "ifd_ppl", "tss", "tss++"]
+ALL_METRICS: tuple[str, ...] = ("ppl", "ifd", "ifd_ppl", "tss", "tss++")
+
+
+class ScoreConfig(BaseModel):
+    """Everything that decides what `score` computes (and so what its cache keys cover)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metrics: list[Metric] = Field(default_factory=lambda: ["ppl", "ifd", "tss", "tss++"])
+    alternatives: Literal["random", "hard"] = "random"
+    k: int = Field(4, ge=1, le=64, description="alternative instructions per row")
+    aggregator: Literal["logmeanexp", "mean", "max"] = "logmeanexp"
+    lam: float = Field(0.1, ge=0, description="TSS++ weight of the quality term")
+    quality: Literal["lp", "1-ifd"] = "lp"
+    near_duplicate: float = Field(0.95, gt=0, le=1, description="hard alternatives above this cosine are skipped")
+    seed: int = 0
+    scorer: str = "embedded"
+    embedder: str = "embedded"
+    chunk_rows: int = Field(128, ge=1, description="rows per unit of work (and of resume)")
+    batch_tokens: int = Field(4096, ge=64, description="padded tokens per forward batch")
+    share_prefix: bool = True
+    base_url: str | None = None
+    columns: dict[str, str] | None = None
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("choose at least one metric")
+        return list(dict.fromkeys(v))
+
+    @property
+    def needs_empty(self) -> bool:
+        return bool({"ifd", "ifd_ppl"} & set(self.metrics)) or (
+            "tss++" in self.metrics and self.quality == "1-ifd"
+        )
+
+    @property
+    def alternative_kinds(self) -> list[str]:
+        """Which alternative sets must be scored: `tss` uses the chosen kind, TSS++ hard."""
+        kinds = []
+        if "tss" in self.metrics:
+            kinds.append(self.alternatives)
+        if "tss++" in self.metrics and "hard" not in kinds:
+            kinds.append("hard")
+        return kinds
+
+
+def parse_metrics(text: str) -> list[str]:
+    items = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in items if m not in ALL_METRICS]
+    if bad:
+        raise ValueError(f"unknown metric(s) {', '.join(bad)}; choose from {', '.join(ALL_METRICS)}")
+    return items

@@ -1,0 +1,233 @@
+"""`ontask score`: stream a dataset through the scorer and write it back with scores.
+
+Three streaming passes over the input, so memory stays flat however long the file is:
+1. collect the distinct instructions (only if TSS needs alternatives) and, for `hard`
+   alternatives, embed them and find each one's nearest neighbours;
+2. score rows chunk by chunk: plan each row's passes, look them up in the cache, run the
+   missing ones in one length-sorted batched call, commit them in one transaction, and
+   spool the row's raw scores to disk. A chunk is the unit of resume: a killed run loses
+   at most the chunk in flight;
+3. join the input with the spool, finish dataset-level scores (TSS++ z-scores) and write
+   the output atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from ..runs import RunPaths, versions
+from ..backends.base import PassOutcome, PassRequest, PassResult, Scorer
+from ..cache import ResultCache
+from ..io import AtomicWriter, JsonlAppender, read_examples, write_json_atomic
+from ..records import Example, Failure
+from . import scores as S
+from .alternatives import InstructionPool, hard_neighbours, random_alternatives
+from .config import ScoreConfig
+from .plan import RowFailed, RowPlan, pass_key, plan_row, row_scores
+
+Progress = Callable[[int, int], None]  # (rows done, tokens computed so far)
+
+
+def _chunks(items: Iterator[list[Example | Failure]], size: int) -> Iterator[list[tuple[int, Example | Failure]]]:
+    """Re-chunk the reader's output to `size` items, numbering every item in order."""
+    seq, buf = 0, []
+    for chunk in items:
+        for item in chunk:
+            buf.append((seq, item))
+            seq += 1
+            if len(buf) == size:
+                yield buf
+                buf = []
+    if buf:
+        yield buf
+
+
+class Scoring:
+    """One scoring run over one input file."""
+
+    def __init__(self, cfg: ScoreConfig, scorer: Scorer, cache: ResultCache, embedder: Any = None) -> None:
+        self.cfg, self.scorer, self.cache, self.embedder = cfg, scorer, cache, embedder
+        self.pool = InstructionPool()
+        self.hard: list[list[int]] = []
+        self.counts = {"rows_read": 0, "rows_scored": 0, "rows_failed": 0,
+                       "passes_needed": 0, "passes_cached": 0, "passes_computed": 0, "pass_errors": 0}
+        self.timings: dict[str, float] = {}
+        self.tokens_computed = 0
+
+    # -- phase 1 ----------------------------------------------------------------------
+    def build_alternatives(self, path: Path) -> None:
+        kinds = self.cfg.alternative_kinds
+        if not kinds:
+            return
+        t = time.perf_counter()
+        for chunk in read_examples(path, self.cfg.columns):
+            for item in chunk:
+                if isinstance(item, Example):
+                    self.pool.add(item.instruction)
+        if "random" in kinds and len(self.pool) - 1 < self.cfg.k:
+            raise ValueError(
+                f"{path}: random alternatives need at least k+1={self.cfg.k + 1} distinct instructions, "
+                f"found {len(self.pool)}; lower -k"
+            )
+        if "hard" in kinds:
+            if self.embedder is None:
+                raise ValueError("hard alternatives need an embedder")
+            emb = self.embedder.embed(self.pool.texts)
+            self.hard = hard_neighbours(emb, self.cfg.k, self.cfg.near_duplicate)
+        self.timings["alternatives_s"] = round(time.perf_counter() - t, 3)
+
+    def _alternatives_for(self, seq: int, ex: Example) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        if not self.cfg.alternative_kinds:
+            return out
+        idx = self.pool.index[ex.instruction]
+        for kind in self.cfg.alternative_kinds:
+            if kind == "random":
+                picks = random_alternatives(len(self.pool), idx, self.cfg.k, self.cfg.seed, seq)
+            else:
+                picks = self.hard[idx]
+            out[kind] = [self.pool.texts[p] for p in picks]
+        return out
+
+    # -- phase 2 ----------------------------------------------------------------------
+    def run_passes(self, plans: list[RowPlan]) -> dict[PassRequest, PassOutcome]:
+        """All passes of a chunk: cached ones looked up, the rest computed and committed."""
+        fp = self.scorer.fingerprint
+        keyed: dict[str, PassRequest] = {}
+        for plan in plans:
+            for req in plan.requests():
+                keyed.setdefault(pass_key(fp, req), req)
+        found = self.cache.get_many(list(keyed))
+        results: dict[PassRequest, PassOutcome] = {}
+        for key, blob in found.items():
+            s, n, p = json.loads(blob)
+            results[keyed[key]] = PassResult(s, n, p)
+        todo = [k for k in keyed if k not in found]
+        if todo:
+            outcomes = self.scorer.score([keyed[k] for k in todo])
+            self.cache.put_many(
+                "pass",
+                ((k, json.dumps([o.sum_logprob, o.n_output, o.n_prompt]).encode())
+                 for k, o in zip(todo, outcomes) if isinstance(o, PassResult)),
+            )
+            for k, o in zip(todo, outcomes):
+                results[keyed[k]] = o
+                if isinstance(o, PassResult):
+                    self.tokens_computed += o.n_prompt + o.n_output
+                else:
+                    self.counts["pass_errors"] += 1
+        self.counts["passes_needed"] += len(keyed)
+        self.counts["passes_cached"] += len(found)
+        self.counts["passes_computed"] += len(todo)
+        return results
+
+    def score_all(self, path: Path, run: RunPaths, progress: Progress | None) -> tuple[S.RunningStats, S.RunningStats]:
+        tss_stats, q_stats = S.RunningStats(), S.RunningStats()
+        run.failed.unlink(missing_ok=True)  # a rerun re-derives every failure
+        failed = JsonlAppender(run.failed)
+        with open(run.spool, "w", encoding="utf-8") as spool:
+            for chunk in _chunks(read_examples(path, self.cfg.columns), self.cfg.chunk_rows):
+                plans: list[RowPlan] = []
+                for seq, item in chunk:
+                    if isinstance(item, Failure):
+                        failed.write(item.to_json())
+                        self.counts["rows_failed"] += 1
+                        continue
+                    self.counts["rows_read"] += 1
+                    plans.append(plan_row(seq, item, self.cfg, self._alternatives_for(seq, item)))
+                results = self.run_passes(plans)
+                lines = []
+                for plan in plans:
+                    try:
+                        row = row_scores(plan, results, self.cfg)
+                    except RowFailed as err:
+                        failed.write(Failure(plan.example.loc, err.reason, stage="score").to_json())
+                        self.counts["rows_failed"] += 1
+                        lines.append(json.dumps({"seq": plan.seq, "failed": err.reason}))
+                        continue
+                    if "tss++" in self.cfg.metrics:
+                        tss_stats.add(row["tss_hard"])
+                        q_stats.add(row["_q"])
+                    self.counts["rows_scored"] += 1
+                    lines.append(json.dumps({"seq": plan.seq, "scores": row}))
+                if lines:
+                    spool.write("\n".join(lines) + "\n")
+                if progress:
+                    progress(len(chunk), self.tokens_computed)
+        failed.close()
+        return tss_stats, q_stats
+
+    # -- phase 3 ----------------------------------------------------------------------
+    def write_output(self, path: Path, run: RunPaths, tss_stats: S.RunningStats, q_stats: S.RunningStats) -> None:
+        cfg = self.cfg
+        with open(run.spool, encoding="utf-8") as spool, AtomicWriter(run.output) as writer:
+            for chunk in _chunks(read_examples(path, cfg.columns), 1024):
+                rows = []
+                for seq, item in chunk:
+                    if isinstance(item, Failure):
+                        continue
+                    entry = json.loads(spool.readline())
+                    if entry["seq"] != seq:
+                        raise RuntimeError(f"{path} changed while it was being scored (row {seq})")
+                    if "failed" in entry:
+                        continue
+                    scores = entry["scores"]
+                    q = scores.pop("_q", None)
+                    if "tss++" in cfg.metrics:
+                        scores["tss_pp"] = S.tss_pp(tss_stats.z(scores["tss_hard"]), q_stats.z(q), cfg.lam)
+                        if cfg.alternatives == "hard" and "tss" in cfg.metrics:
+                            scores.pop("tss_hard")
+                    rows.append({**item.fields, **scores})
+                writer.write(rows)
+
+
+def run_score(
+    input_path: str | os.PathLike,
+    output: str | os.PathLike,
+    cfg: ScoreConfig,
+    *,
+    scorer: Scorer,
+    cache: ResultCache,
+    embedder: Any = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Score `input_path` into `output`; returns the manifest also written to run.json."""
+    path = Path(input_path)
+    run = RunPaths.at(output)
+    job = Scoring(cfg, scorer, cache, embedder)
+    started = time.time()
+    t = time.perf_counter()
+    job.build_alternatives(path)
+    t2 = time.perf_counter()
+    tss_stats, q_stats = job.score_all(path, run, progress)
+    t3 = time.perf_counter()
+    job.write_output(path, run, tss_stats, q_stats)
+    run.spool.unlink(missing_ok=True)
+    t4 = time.perf_counter()
+    job.timings.update(score_s=round(t3 - t2, 3), write_s=round(t4 - t3, 3), total_s=round(t4 - t, 3))
+    manifest = {
+        "command": "score",
+        "input": str(path),
+        "output": str(run.output),
+        "failed": str(run.failed),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "config": cfg.model_dump(),
+        "scorer": scorer.describe(),
+        "embedder": getattr(embedder, "name", None),
+        "versions": versions(),
+        "counts": job.counts,
+        "tokens_computed": job.tokens_computed,
+        "tokens_per_s": round(job.tokens_computed / (t3 - t2), 1) if t3 > t2 else None,
+        "timings": job.timings,
+        "cache": cache.stats(),
+        "tss_pp_stats": (
+            {"tss_hard_mean": tss_stats.mean, "tss_hard_std": tss_stats.std, "q_mean": q_stats.mean, "q_std": q_stats.std}
+            if "tss++" in cfg.metrics else None
+        ),
+    }
+    write_json_atomic(run.manifest, manifest)
+    return manifest

@@ -1,0 +1,102 @@
+"""Which forward passes a row needs, and the row's scores once they are known (pure)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..backends.base import PassError, PassOutcome, PassRequest, PassResult, build_user_turn
+from ..cache import cache_key
+from ..records import Example
+from . import scores as S
+from .config import ScoreConfig
+
+
+@dataclass(slots=True)
+class RowPlan:
+    """The passes of one row: the true instruction, the empty prompt, the alternatives."""
+
+    seq: int
+    example: Example
+    true: PassRequest
+    empty: PassRequest | None
+    alternatives: dict[str, list[tuple[str, PassRequest]]] = field(default_factory=dict)
+
+    def requests(self) -> list[PassRequest]:
+        reqs = [self.true]
+        if self.empty is not None:
+            reqs.append(self.empty)
+        for alts in self.alternatives.values():
+            reqs.extend(r for _, r in alts)
+        return reqs
+
+
+def plan_row(seq: int, ex: Example, cfg: ScoreConfig, alternatives: dict[str, list[str]]) -> RowPlan:
+    """Build the row's pass requests; `alternatives` maps kind -> alternative instructions."""
+    true = PassRequest(build_user_turn(ex.instruction, ex.input), ex.output)
+    empty = PassRequest("", ex.output) if cfg.needs_empty else None
+    alts = {
+        kind: [(text, PassRequest(build_user_turn(text, ex.input), ex.output)) for text in texts]
+        for kind, texts in alternatives.items()
+    }
+    return RowPlan(seq, ex, true, empty, alts)
+
+
+def pass_key(fingerprint: str, req: PassRequest) -> str:
+    """Cache key of a pass. The fingerprint covers weights, chat template and settings."""
+    return cache_key("pass", fingerprint, req.user, req.output)
+
+
+class RowFailed(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _lp(outcome: PassOutcome | None, what: str) -> PassResult:
+    if outcome is None:
+        raise RowFailed(f"{what} pass: no result")
+    if isinstance(outcome, PassError):
+        raise RowFailed(f"{what} pass: {outcome.reason}")
+    return outcome
+
+
+def row_scores(plan: RowPlan, results: dict[PassRequest, PassOutcome], cfg: ScoreConfig) -> dict[str, Any]:
+    """Per-row raw scores. Dataset-level parts (TSS++ z-scores) are finished later.
+
+    Raises RowFailed with the reason if a needed pass failed; no score is ever invented.
+    """
+    true = _lp(results.get(plan.true), "true instruction")
+    lp_true = true.mean_logprob
+    out: dict[str, Any] = {
+        "lp": lp_true,
+        "tokens": true.n_prompt + true.n_output,
+        "output_tokens": true.n_output,
+    }
+    if "ppl" in cfg.metrics:
+        out["ppl"] = S.perplexity(lp_true)
+    if plan.empty is not None:
+        lp_empty = _lp(results.get(plan.empty), "empty prompt").mean_logprob
+        out["lp_empty"] = lp_empty
+        if "ifd" in cfg.metrics or cfg.quality == "1-ifd":
+            out["ifd"] = S.ifd(lp_true, lp_empty)
+        if "ifd_ppl" in cfg.metrics:
+            out["ifd_ppl"] = S.ifd_ppl(lp_true, lp_empty)
+    for kind, alts in plan.alternatives.items():
+        if not alts:
+            raise RowFailed(f"no {kind} alternative instruction (all are near duplicates)")
+        lps = [_lp(results.get(req), f"{kind} alternative").mean_logprob for _, req in alts]
+        value = S.tss(lp_true, lps, cfg.aggregator)
+        top = max(range(len(lps)), key=lambda i: lps[i])
+        if "tss" in cfg.metrics and kind == cfg.alternatives:
+            out["tss"] = value
+            out["tss_top_alt"] = alts[top][0]
+        if "tss++" in cfg.metrics and kind == "hard":
+            out["tss_hard"] = value
+    if "tss++" in cfg.metrics:
+        q = lp_true if cfg.quality == "lp" else 1.0 - out["ifd"]
+        if not math.isfinite(q):
+            raise RowFailed(f"quality term is not finite ({q})")
+        out["_q"] = q
+    return out
