@@ -1,0 +1,1 @@
+"""The `ontask` command line (typer + rich)."""

@@ -1,0 +1,29 @@
+"""A rich progress bar showing rows, rows/s and tokens/s for long runs."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+@contextmanager
+def row_progress(console: Console, total: int | None, label: str) -> Iterator:
+    """Yields `update(rows_done_delta, tokens_total)` for the scoring pipeline."""
+    start = time.perf_counter()
+    columns = [
+        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(label, total=total, rate="")
+
+        def update(rows: int, tokens: int) -> None:
+            dt = max(time.perf_counter() - start, 1e-9)
+            done = bar.tasks[0].completed + rows
+            bar.update(task, advance=rows, rate=f"{done / dt:.1f} rows/s, {tokens:,} tok ({tokens / dt:,.0f} tok/s)")
+
+        yield update

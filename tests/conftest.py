@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny random model built in code, an isolated cache, shared data paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    from ontask.testing.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_scorer(tiny_dir):
+    from ontask.backends.hf import load_hf_scorer
+
+    return load_hf_scorer(tiny_dir)
+
+
+@pytest.fixture()
+def cache(tmp_path):
+    from ontask.cache import ResultCache
+
+    with ResultCache(tmp_path / "cache.sqlite") as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def smol_scorer():
+    """The embedded SmolLM2 (converted once into the user cache; ~20 s the first time)."""
+    from ontask.backends.embedded import load_embedded_scorer
+
+    return load_embedded_scorer()
+
+
+def shared(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    return path
