@@ -131,7 +131,7 @@ def test_empty_output_is_a_pass_error(server, tiny_dir, mode):
 
 
 def test_too_long_and_unreachable(server, tiny_dir):
-    long = PassRequest("word " * 400, "still going " * 100)
+    long = PassRequest("word " * server.max_model_len, "still going")  # well over the context
     got = ServerScorer("tiny", base_url=server.base_url).score([long, REQUESTS[0]])
     assert isinstance(got[0], PassError) and "400" in got[0].reason and isinstance(got[1], PassResult)
     got = ServerScorer("tiny", base_url=server.base_url, template=f"hf:{tiny_dir}", mode="prompt_logprobs",

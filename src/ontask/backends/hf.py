@@ -155,16 +155,19 @@ class HFScorer:
             owner.extend([b] * n)
         h = hidden[torch.tensor(rows), torch.tensor(cols)]
         tgt = torch.tensor(targets)
-        token_lp = torch.empty(len(targets), dtype=torch.float32)
+        token_lp = torch.empty(len(targets), dtype=torch.float64)
         for a in range(0, len(targets), 1024):  # bound the [positions x vocab] buffer
             logits = self._head(h[a : a + 1024]).float()
             if self._softcap:
                 logits = torch.tanh(logits / self._softcap) * self._softcap
-            token_lp[a : a + 1024] = torch.log_softmax(logits, dim=-1).gather(
-                1, tgt[a : a + 1024, None]
-            )[:, 0]
+            # log-softmax in float64: summing ~1e-6 fp32 rounding errors over hundreds
+            # of output tokens would otherwise drift by ~1e-3 per request.
+            logits = logits.double()
+            token_lp[a : a + 1024] = (
+                logits.gather(1, tgt[a : a + 1024, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+            )
         sums = torch.zeros(len(seqs), dtype=torch.float64).index_add_(
-            0, torch.tensor(owner), token_lp.double()
+            0, torch.tensor(owner), token_lp
         )
         self.stats["batches"] += 1
         self.stats["passes"] += len(seqs)

@@ -127,8 +127,11 @@ class Scoring:
 
     def score_all(self, path: Path, run: RunPaths, progress: Progress | None) -> tuple[S.RunningStats, S.RunningStats]:
         tss_stats, q_stats = S.RunningStats(), S.RunningStats()
-        run.failed.unlink(missing_ok=True)  # a rerun re-derives every failure
-        failed = JsonlAppender(run.failed)
+        # Failures go to a partial file, swapped in with the output, so a run that stops
+        # early leaves the previous output, run.json and failed.jsonl consistent.
+        partial = run.failed.with_suffix(".jsonl.partial")
+        partial.unlink(missing_ok=True)
+        failed = JsonlAppender(partial)
         with open(run.spool, "w", encoding="utf-8") as spool:
             for chunk in _chunks(read_examples(path, self.cfg.columns), self.cfg.chunk_rows):
                 plans: list[RowPlan] = []
@@ -201,12 +204,15 @@ def run_score(
     job = Scoring(cfg, scorer, cache, embedder)
     started = time.time()
     t = time.perf_counter()
-    job.build_alternatives(path)
-    t2 = time.perf_counter()
-    tss_stats, q_stats = job.score_all(path, run, progress)
-    t3 = time.perf_counter()
-    job.write_output(path, run, tss_stats, q_stats)
-    run.spool.unlink(missing_ok=True)
+    try:
+        job.build_alternatives(path)
+        t2 = time.perf_counter()
+        tss_stats, q_stats = job.score_all(path, run, progress)
+        t3 = time.perf_counter()
+        job.write_output(path, run, tss_stats, q_stats)
+        run.failed.with_suffix(".jsonl.partial").replace(run.failed)
+    finally:
+        run.spool.unlink(missing_ok=True)
     t4 = time.perf_counter()
     job.timings.update(score_s=round(t3 - t2, 3), write_s=round(t4 - t3, 3), total_s=round(t4 - t, 3))
     manifest = {

@@ -104,7 +104,7 @@ def run_select(input_path: str | os.PathLike, output: str | os.PathLike, cfg: Se
         valid = ppl_a[~np.isnan(ppl_a)]
         lo = float(np.percentile(valid, cfg.ppl_min_pct)) if cfg.ppl_min_pct is not None and len(valid) else -math.inf
         hi = float(np.percentile(valid, cfg.ppl_max_pct)) if cfg.ppl_max_pct is not None and len(valid) else math.inf
-        bounds = {"ppl_low": lo, "ppl_high": hi}
+        bounds = {"ppl_low": lo if math.isfinite(lo) else None, "ppl_high": hi if math.isfinite(hi) else None}
         for i in range(n):
             if math.isnan(ppl_a[i]):
                 reasons.setdefault(i, ("no ppl", "no 'ppl' column, needed by perplexity bounds"))
@@ -116,7 +116,7 @@ def run_select(input_path: str | os.PathLike, output: str | os.PathLike, cfg: Se
     candidates = [i for i in range(n) if i not in reasons]
     sign = -1.0 if cfg.descending else 1.0
     candidates.sort(key=lambda i: (sign * score_a[i], i))  # ties: earlier row first
-    row_budget = max(1, round(cfg.retain * n)) if cfg.retain is not None else None
+    row_budget = max(1, math.floor(cfg.retain * n + 0.5)) if cfg.retain is not None else None  # half up
     kept: list[int] = []
     kept_tokens = 0
     kept_vecs: list[np.ndarray] = []
@@ -125,17 +125,16 @@ def run_select(input_path: str | os.PathLike, output: str | os.PathLike, cfg: Se
 
         embedder = load_embedder(cfg.embedder)
     budget_reason = ("over budget", f"--retain {cfg.retain}" if cfg.retain is not None else f"--max-tokens {cfg.max_tokens}")
-    pos = 0
-    while pos < len(candidates):
+    pos, spent = 0, False
+    while pos < len(candidates) and not spent:
         block = candidates[pos : pos + 64]
         vecs = embedder.embed([instr[i] for i in block]) if cfg.diversity else None
         for j, i in enumerate(block):
-            full = (row_budget is not None and len(kept) >= row_budget) or (
+            spent = (row_budget is not None and len(kept) >= row_budget) or (
                 cfg.max_tokens is not None and kept_tokens + tokens[i] > cfg.max_tokens
             )
-            if full:
-                reasons[i] = budget_reason
-                continue
+            if spent:  # rank order is strict: nothing below a row that did not fit is kept
+                break
             if vecs is not None and kept_vecs:
                 sims = np.stack(kept_vecs) @ vecs[j]
                 best = int(np.argmax(sims))
@@ -147,10 +146,10 @@ def run_select(input_path: str | os.PathLike, output: str | os.PathLike, cfg: Se
             if vecs is not None:
                 kept_vecs.append(vecs[j])
         pos += 64
-        if cfg.diversity is None and (row_budget is not None and len(kept) >= row_budget):
-            for i in candidates[pos:]:
-                reasons[i] = budget_reason
-            break
+    kept_set = set(kept)
+    for i in candidates:
+        if i not in reasons and i not in kept_set:
+            reasons[i] = budget_reason
     rank = {i: r + 1 for r, i in enumerate(kept)}
 
     run.dropped.unlink(missing_ok=True)
