@@ -20,7 +20,7 @@ def load_scorer(spec: str, **options: Any) -> Scorer:
     if spec.startswith("openai:"):
         from .openai_server import load_server_scorer
 
-        return load_server_scorer(spec[len("openai:"):], **_only(options, "base_url", "template", "concurrency", "mode", "max_length", "timeout"))
+        return load_server_scorer(spec[len("openai:"):], **_only(options, "base_url", "template", "concurrency", "mode", "max_length", "timeout", "max_retries", "tokenizer"))
     raise ValueError(f"unknown model '{spec}': use embedded, hf:PATH or openai:MODEL")
 
 
