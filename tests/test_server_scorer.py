@@ -174,3 +174,28 @@ def test_fake_server_echo_offsets_are_exact(server):
     assert lp.text_offset == [s for s, _ in enc["offset_mapping"]] and lp.token_logprobs[0] is None
     assert len(resp.choices) == 2 and resp.choices[1].text == "abc"
     assert [m.id for m in client.models.list().data] == ["tiny"]
+
+
+def test_score_pipeline_through_server_equals_local(server, hf, tiny_dir, tmp_path):
+    """`ontask score --scorer openai:...` gives the local scorer's scores, row for row."""
+    from ontask.cache import ResultCache
+    from ontask.scoring import ScoreConfig, run_score
+
+    rows = [
+        {"instruction": f"Summarise note {i} in {i % 3 + 1} points.", "input": "The budget meeting was long." if i % 2 else "",
+         "output": f"Point {i}: budget, hiring."} for i in range(6)
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = ScoreConfig(metrics=["ppl", "ifd", "tss"], k=2)
+    remote = load_server_scorer("tiny", base_url=server.base_url, template=f"hf:{tiny_dir}")
+    with ResultCache(tmp_path / "a.sqlite") as ca, ResultCache(tmp_path / "b.sqlite") as cb:
+        m_remote = run_score(src, tmp_path / "remote", cfg, scorer=remote, cache=ca)
+        run_score(src, tmp_path / "local", cfg, scorer=hf, cache=cb)
+    assert m_remote["counts"]["rows_scored"] == 6
+    got = [json.loads(x) for x in (tmp_path / "remote" / "data.jsonl").read_text().splitlines()]
+    want = [json.loads(x) for x in (tmp_path / "local" / "data.jsonl").read_text().splitlines()]
+    for g, w in zip(got, want):
+        for col in ("lp", "ppl", "ifd", "tss"):
+            assert g[col] == pytest.approx(w[col], rel=1e-6, abs=1e-5)
+        assert g["tss_top_alt"] == w["tss_top_alt"]

@@ -50,11 +50,11 @@ def _count_rows(path: Path, columns) -> int | None:
 def score(
     input: Path = typer.Argument(..., help="JSONL, JSON, Parquet, CSV or a saved Hugging Face dataset."),
     output: Path = typer.Option(..., "-o", "--output", help="Output file (.jsonl/.parquet) or folder."),
-    metrics: Optional[str] = typer.Option(None, help="Comma list of ppl,ifd,ifd_ppl,tss,tss++ [default: ppl,ifd,tss,tss++]."),
-    alternatives: Optional[str] = typer.Option(None, help="random | hard [default: random]."),
-    k: Optional[int] = typer.Option(None, "-k", help="Alternatives per row [default: 4]."),
+    metrics: Optional[str] = typer.Option(None, help="Comma list of ppl,ifd,ifd_ppl,tss,tss++ (default: ppl,ifd,tss,tss++)."),
+    alternatives: Optional[str] = typer.Option(None, help="random | hard (default: random)."),
+    k: Optional[int] = typer.Option(None, "-k", help="Alternatives per row (default: 4)."),
     aggregator: Optional[str] = typer.Option(None, help="logmeanexp | mean | max."),
-    lam: Optional[float] = typer.Option(None, "--lambda", help="TSS++ quality weight [default: 0.1]."),
+    lam: Optional[float] = typer.Option(None, "--lambda", help="TSS++ quality weight (default: 0.1)."),
     quality: Optional[str] = typer.Option(None, help="TSS++ quality term: lp | 1-ifd."),
     scorer: Optional[str] = typer.Option(None, help="embedded | hf:PATH | openai:MODEL."),
     base_url: Optional[str] = typer.Option(None, help="Server URL for openai: scorers."),
@@ -62,7 +62,7 @@ def score(
     columns: Optional[str] = typer.Option(None, help="instruction=COL,input=COL,output=COL for other layouts."),
     seed: Optional[int] = typer.Option(None),
     batch_tokens: Optional[int] = typer.Option(None, help="Padded tokens per forward batch."),
-    cache: Optional[Path] = typer.Option(None, help="Result cache file [default: ~/.cache/ontask/cache.sqlite]."),
+    cache: Optional[Path] = typer.Option(None, help="Result cache file (default: ~/.cache/ontask/cache.sqlite)."),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Score every row by how much its instruction determines its output (TSS, TSS++, IFD, perplexity).
@@ -126,7 +126,7 @@ def _run_score(input: Path, output: Path, cfg, cache_path: Path | None) -> dict:
 def select(
     input: Path = typer.Argument(..., help="A file written by `ontask score`."),
     output: Path = typer.Option(..., "-o", "--output"),
-    by: Optional[str] = typer.Option(None, help="tss | tss++ | ifd | ifd_ppl | ppl [default: tss]."),
+    by: Optional[str] = typer.Option(None, help="tss | tss++ | ifd | ifd_ppl | ppl (default: tss)."),
     retain: Optional[float] = typer.Option(None, help="Share of rows to keep, e.g. 0.05."),
     max_tokens: Optional[int] = typer.Option(None, help="Token budget (prompt + output, scorer tokenizer)."),
     ifd_max: Optional[float] = typer.Option(None, help="Drop rows with IFD above this (1: the instruction hurts)."),
