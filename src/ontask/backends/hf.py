@@ -38,7 +38,7 @@ class HFScorer:
         *,
         name: str,
         identity: dict[str, Any],
-        batch_tokens: int = 4096,
+        batch_tokens: int = 2048,
         max_length: int | None = None,
         share_prefix: bool = True,
     ) -> None:

@@ -26,7 +26,7 @@ class ScoreConfig(BaseModel):
     scorer: str = "embedded"
     embedder: str = "embedded"
     chunk_rows: int = Field(128, ge=1, description="rows per unit of work (and of resume)")
-    batch_tokens: int = Field(4096, ge=64, description="padded tokens per forward batch")
+    batch_tokens: int = Field(2048, ge=64, description="padded tokens per forward batch")
     share_prefix: bool = True
     base_url: str | None = None
     columns: dict[str, str] | None = None
