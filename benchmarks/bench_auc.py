@@ -222,8 +222,8 @@ def main() -> None:
               "ifd": "ifd (lower=true)", "ppl": "ppl (lower=true)", "lp": "lp (tss++ quality)",
               "tss(hard)": "tss (alternatives=hard)"}
     print()
-    print(f"| score | ROC AUC | paired accuracy | rows |")
-    print(f"|---|---|---|---|")
+    print("| score | ROC AUC | paired accuracy | rows |")
+    print("|---|---|---|---|")
     for col, r in results.items():
         acc, npairs = r["paired"]
         print(f"| {labels.get(col, col)} | {r['auc']:.3f} | {acc:.3f} ({npairs} pairs) | {r['n']} |")

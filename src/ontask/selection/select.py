@@ -63,12 +63,16 @@ def _number(record: dict[str, Any], col: str) -> float | None:
     return float(v)
 
 
+def _or_nan(x: float | None) -> float:
+    return math.nan if x is None else x
+
+
 def run_select(input_path: str | os.PathLike, output: str | os.PathLike, cfg: SelectConfig, *, embedder: Any = None) -> dict[str, Any]:
     path = Path(input_path)
     run = RunPaths.at(output)
     t0 = time.perf_counter()
     col = cfg.column
-    lines, score, tokens, ifd, ppl, instr = [], [], [], [], [], []
+    score, tokens, ifd, ppl, instr = [], [], [], [], []
     reasons: dict[int, tuple[str, str]] = {}  # row (0-based) -> (kind, detail)
     locs: list[Any] = []
     n = 0
@@ -89,8 +93,8 @@ def run_select(input_path: str | os.PathLike, output: str | os.PathLike, cfg: Se
             if cfg.max_tokens is not None and t is None and i not in reasons:
                 reasons[i] = ("no tokens", "no 'tokens' column, needed by --max-tokens")
             tokens.append(int(t or 0))
-            ifd.append(_number(rec, "ifd") if _number(rec, "ifd") is not None else math.nan)
-            ppl.append(_number(rec, "ppl") if _number(rec, "ppl") is not None else math.nan)
+            ifd.append(_or_nan(_number(rec, "ifd")))
+            ppl.append(_or_nan(_number(rec, "ppl")))
             instr.append(str(rec.get("instruction", "")) if cfg.diversity else "")
     score_a, ifd_a, ppl_a = np.array(score), np.array(ifd), np.array(ppl)
 
