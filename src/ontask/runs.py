@@ -36,6 +36,11 @@ class RunPaths:
         return self.dir / "failed.jsonl"
 
     @property
+    def failed_partial(self) -> Path:
+        """Failures of the run in progress; replaces `failed` when the output is written."""
+        return self.dir / "failed.jsonl.partial"
+
+    @property
     def dropped(self) -> Path:
         return self.dir / "dropped.jsonl"
 

@@ -129,10 +129,8 @@ class Scoring:
         tss_stats, q_stats = S.RunningStats(), S.RunningStats()
         # Failures go to a partial file, swapped in with the output, so a run that stops
         # early leaves the previous output, run.json and failed.jsonl consistent.
-        partial = run.failed.with_suffix(".jsonl.partial")
-        partial.unlink(missing_ok=True)
-        failed = JsonlAppender(partial)
-        with open(run.spool, "w", encoding="utf-8") as spool:
+        run.failed_partial.unlink(missing_ok=True)
+        with JsonlAppender(run.failed_partial) as failed, open(run.spool, "w", encoding="utf-8") as spool:
             for chunk in _chunks(read_examples(path, self.cfg.columns), self.cfg.chunk_rows):
                 plans: list[RowPlan] = []
                 for seq, item in chunk:
@@ -161,7 +159,6 @@ class Scoring:
                     spool.write("\n".join(lines) + "\n")
                 if progress:
                     progress(len(chunk), self.tokens_computed)
-        failed.close()
         return tss_stats, q_stats
 
     # -- phase 3 ----------------------------------------------------------------------
@@ -210,7 +207,7 @@ def run_score(
         tss_stats, q_stats = job.score_all(path, run, progress)
         t3 = time.perf_counter()
         job.write_output(path, run, tss_stats, q_stats)
-        run.failed.with_suffix(".jsonl.partial").replace(run.failed)
+        run.failed_partial.replace(run.failed)
     finally:
         run.spool.unlink(missing_ok=True)
     t4 = time.perf_counter()
