@@ -1,0 +1,156 @@
+"""The generation interface: chat messages in; text, or an object valid against a schema, out.
+
+Every LLM role of TCIA (decomposer, composer, verifier, judges, responders) talks to a
+model through this one small interface, so a local transformers model, an
+OpenAI-compatible server and (later) an in-process vLLM engine are interchangeable.
+
+Two calls:
+- `chat(requests)`: generate an answer per request. When the request names a pydantic
+  `response_model`, the answer must parse and validate against it; backends constrain
+  decoding to its JSON schema where they can, otherwise repair and re-ask.
+- `choice_probs(requests)`: one forward pass, the next-token probabilities of a few
+  single-token choices ("1".."5") after the prompt: the cheap, calibrated judge.
+
+Both take an `on_result(index, outcome)` callback that fires the moment one answer is
+final, which is how `CachedGenerator` persists each answer as it arrives. Failures are
+values (`GenError`) with a reason, never an empty string or a default score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+from pydantic import BaseModel
+
+# Bump when the meaning of a stored generation changes.
+GENERATION_SEMANTICS_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat call. `messages` are {"role", "content"} dicts (system/user/assistant)."""
+
+    messages: tuple[dict[str, str], ...]
+    response_model: type[BaseModel] | None = None
+    max_tokens: int = 512
+    temperature: float = 0.0
+    seed: int = 0
+
+    @staticmethod
+    def of(messages: Sequence[dict[str, str]], **kw: Any) -> "ChatRequest":
+        return ChatRequest(tuple(dict(m) for m in messages), **kw)
+
+    def schema(self) -> dict[str, Any] | None:
+        return self.response_model.model_json_schema() if self.response_model else None
+
+    def key_parts(self) -> dict[str, Any]:
+        """Everything that changes the answer (for the cache key), JSON-able."""
+        return {
+            "messages": list(self.messages),
+            "schema": self.schema(),
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    """A final answer. `data` is the validated object (a dict) when a model was requested."""
+
+    text: str
+    data: dict[str, Any] | None = None
+    usage: Usage = field(default_factory=Usage)
+    attempts: int = 1
+    cached: bool = False
+    repaired: bool = False  # the JSON needed repair (fences, trailing text, ...) before it validated
+
+
+@dataclass(frozen=True)
+class ChoiceRequest:
+    """Next-token probabilities of `choices` (single tokens) after the chat prompt."""
+
+    messages: tuple[dict[str, str], ...]
+    choices: tuple[str, ...] = ("1", "2", "3", "4", "5")
+
+    @staticmethod
+    def of(messages: Sequence[dict[str, str]], choices: Sequence[str] = ("1", "2", "3", "4", "5")) -> "ChoiceRequest":
+        return ChoiceRequest(tuple(dict(m) for m in messages), tuple(choices))
+
+    def key_parts(self) -> dict[str, Any]:
+        return {"messages": list(self.messages), "choices": list(self.choices)}
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceResult:
+    """`probs[c]` renormalised over the choices; `mass` = their share before renormalising."""
+
+    probs: dict[str, float]
+    mass: float
+    usage: Usage = field(default_factory=Usage)
+    cached: bool = False
+
+    def expected(self, values: dict[str, float] | None = None) -> float:
+        """Expected value, by default each choice read as a number ("1".."5" -> 1..5)."""
+        return sum(p * (values[c] if values else float(c)) for c, p in self.probs.items())
+
+
+@dataclass(frozen=True, slots=True)
+class GenError:
+    """A call that failed for good (after retries/re-asks), with the reason."""
+
+    reason: str
+    attempts: int = 1
+    usage: Usage = field(default_factory=Usage)
+
+
+ChatOutcome = ChatResult | GenError
+ChoiceOutcome = ChoiceResult | GenError
+OnChat = Callable[[int, ChatOutcome], None]
+OnChoice = Callable[[int, ChoiceOutcome], None]
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """What a generation backend provides."""
+
+    name: str  # the user's model string: "embedded", "hf:/models/x", "openai:gpt-4.1"
+
+    @property
+    def fingerprint(self) -> str:
+        """Stable hash of everything that changes answers: weights, template, settings."""
+        ...
+
+    @property
+    def supports_choice_probs(self) -> bool:
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Identity for run.json (never secrets)."""
+        ...
+
+    def chat(self, requests: Sequence[ChatRequest], on_result: OnChat | None = None) -> list[ChatOutcome]:
+        """Outcomes aligned with `requests`; must not raise for one bad request."""
+        ...
+
+    def choice_probs(self, requests: Sequence[ChoiceRequest], on_result: OnChoice | None = None) -> list[ChoiceOutcome]:
+        ...
+
+
+def fingerprint_of(identity: dict[str, Any]) -> str:
+    blob = json.dumps({"v": GENERATION_SEMANTICS_VERSION, **identity}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def normalise_choice_token(token: str) -> str:
+    """How a sampled token is matched to a choice: surrounding whitespace ignored."""
+    return token.strip()

@@ -1,0 +1,74 @@
+"""Every setting of an augmentation run, validated before any model is loaded or token spent.
+
+Defaults follow tcia.md: the paper's values where it gives them (m = 10, K = 2,700,
+k = 2,000, 3 hops, 5 inputs per instruction), the project's defaults where it is silent
+(2 refinements, keep instructions whose validity and consistency are both >= 4, no
+floor on answer scores).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .judges import JUDGE_MODES
+
+
+class AugmentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # models, one per role (product.md "Models and roles")
+    decomposer: str = "embedded"
+    composer: str = "embedded"
+    verifier: str = "embedded"
+    judge: str = "embedded"
+    responders: list[str] = Field(default_factory=lambda: ["embedded"], min_length=1)
+    embedder: str = "embedded"
+    base_url: str | None = None
+    concurrency: int = Field(64, ge=1, description="in-flight requests per server model")
+    db: Path | None = Field(None, description="constraint database folder (ontask db build)")
+
+    # step 3: search
+    hops: int = Field(3, ge=1)
+    per_op: int = Field(10, ge=1, description="m: draws per operation per expanded state")
+    max_states: int = Field(2700, ge=1, description="K: stop after this many unique states")
+    samples: int = Field(2000, ge=1, description="k: states kept for writing")
+    near_duplicate: float = Field(0.95, gt=0, le=1)
+    seed: int = 0
+
+    # step 4: compose, verify, refine
+    max_refinements: int = Field(2, ge=0)
+    compose_max_tokens: int = Field(256, ge=16)
+
+    # step 5: validate, pair
+    judge_mode: str = "auto"
+    min_validity: float = Field(4.0, ge=0, le=5)
+    min_consistency: float = Field(4.0, ge=0, le=5)
+    inputs_per_instruction: int = Field(5, ge=1)
+
+    # step 6: respond, judge, keep the best
+    response_max_tokens: int = Field(512, ge=16)
+    response_temperature: float = Field(0.0, ge=0)
+    min_response_score: float | None = Field(None, ge=1, le=5, description="floor on the best answer's mean")
+
+    # metrics
+    on_task: bool = True
+    on_task_min_judge: float = Field(4.0, ge=1, le=5)
+    on_task_min_similarity: float = Field(0.5, ge=-1, le=1)
+
+    @field_validator("judge_mode")
+    @classmethod
+    def _mode(cls, v: str) -> str:
+        if v not in JUDGE_MODES:
+            raise ValueError(f"judge_mode must be one of {', '.join(JUDGE_MODES)}")
+        return v
+
+    @field_validator("responders", mode="before")
+    @classmethod
+    def _split(cls, v):
+        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
+
+    def roles(self) -> dict[str, str]:
+        return {"decomposer": self.decomposer, "composer": self.composer, "verifier": self.verifier,
+                "judge": self.judge, **{f"responder_{i}": r for i, r in enumerate(self.responders)}}

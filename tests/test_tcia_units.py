@@ -1,0 +1,202 @@
+"""Pure pieces of TCIA: structured parsing, the state model, metrics, judges, the call cache."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from pydantic import BaseModel, Field
+
+from ontask.generation import CachedGenerator, ChatRequest, ChatResult, ChoiceRequest, ChoiceResult, GenError, Usage
+from ontask.generation.structured import StructuredError, parse_structured
+from ontask.tcia.compose import clean_instruction, missing_constraints
+from ontask.tcia.judges import run_judge
+from ontask.tcia.metrics import diversity, per_hop, ratio_per_hop
+from ontask.tcia.schemas import Decomposition
+from ontask.tcia.state import Constraint, InstructionState, normalise_category
+from ontask.tcia.validate import VALIDITY, pick_inputs
+
+
+class Item(BaseModel):
+    name: str = Field(max_length=20)
+    score: int = Field(ge=1, le=5)
+
+
+# -- structured answers --------------------------------------------------------------------
+def test_parse_structured_strict_and_repaired():
+    assert parse_structured('{"name": "a", "score": 3}', Item) == ({"name": "a", "score": 3}, False)
+    fenced = 'Sure! Here it is:\n```json\n{"name": "b", "score": 4}\n```\nAnything else?'
+    assert parse_structured(fenced, Item) == ({"name": "b", "score": 4}, True)
+    trailing_comma = '{"name": "c", "score": 5,}'
+    assert parse_structured(trailing_comma, Item) == ({"name": "c", "score": 5}, True)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("", "empty answer"),
+    ('{"name": "a", "score": 9}', "score"),
+    ('{"name": "a"}', "score"),
+    ("no json at all", "not JSON"),
+])
+def test_parse_structured_failures_name_the_problem(text, needle):
+    with pytest.raises(StructuredError, match=needle):
+        parse_structured(text, Item)
+
+
+def test_decomposition_normalises_categories():
+    data, _ = parse_structured('{"is_complex": true, "languages": ["en"], "tasks": [{"task_type": "Summary", '
+                               '"base_query": "Summarise.", "constraints": [{"text": "Use 3 bullets", '
+                               '"category": "Format Constraints"}, {"text": "Be formal", "category": "style & tone"}]}]}',
+                               Decomposition)
+    assert [c["category"] for c in data["tasks"][0]["constraints"]] == ["Format", "Style/Tone"]
+
+
+@pytest.mark.parametrize("raw, want", [("Format Constraints", "Format"), ("numeric", "Numerical"),
+                                       ("Style/Tone", "Style/Tone"), ("input_placeholder", "Input Placeholder"),
+                                       ("LANGUAGE", "Language"), ("content requirement", "Content")])
+def test_normalise_category(raw, want):
+    assert normalise_category(raw) == want
+
+
+def test_unknown_category_is_an_error():
+    with pytest.raises(ValueError, match="unknown constraint category"):
+        normalise_category("vibes")
+
+
+# -- state ---------------------------------------------------------------------------------
+def test_state_hash_ignores_order_case_and_end_punctuation():
+    a = InstructionState.make("Support reply", "Reply.", [Constraint("Be brief."), Constraint("Use 3 bullets", "Format")])
+    b = InstructionState.make("Support reply", "Reply.", [Constraint("use 3 bullets"), Constraint("Be  brief")])
+    c = InstructionState.make("Support reply", "Reply.", [Constraint("Be brief")])
+    assert a.state_hash == b.state_hash != c.state_hash
+    assert len(InstructionState.make("T", "Q", [Constraint("x"), Constraint("X.")]).constraints) == 1
+    assert a.without(Constraint("use 3 bullets")).state_hash == c.state_hash
+    assert InstructionState.from_json(a.to_json()) == a
+
+
+# -- metrics -------------------------------------------------------------------------------
+def test_diversity_is_one_minus_mean_pairwise_cosine():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(7, 5)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    brute = 1 - np.mean([float(v[i] @ v[j]) for i, j in itertools.combinations(range(7), 2)])
+    assert diversity(v) == pytest.approx(brute, abs=1e-6)
+    assert diversity(v[:1]) is None
+    assert diversity(np.repeat(v[:1], 3, axis=0)) == pytest.approx(0.0, abs=1e-6)
+    hops = per_hop([1, 1, 2, 2, 2, 3, 3], v)
+    assert hops["2"] == pytest.approx(diversity(v[2:5]), abs=1e-6) and hops["all"] == pytest.approx(brute, abs=1e-6)
+
+
+def test_ratio_per_hop_counts_unjudged_apart():
+    r = ratio_per_hop([1, 1, 2, 2], [True, None, False, True])
+    assert r["1"] == {"ratio": 1.0, "judged": 1, "unjudged": 1}
+    assert r["all"]["ratio"] == pytest.approx(2 / 3)
+
+
+# -- compose helpers -----------------------------------------------------------------------
+def test_missing_constraints_flags_no_and_unchecked():
+    s = InstructionState.make("T", "Q", [Constraint("a rule"), Constraint("b rule"), Constraint("c rule")])
+    v = {"checks": [{"id": 1, "satisfied": True, "reason": ""}, {"id": 2, "satisfied": False, "reason": "absent"}]}
+    assert missing_constraints(s, v) == ["b rule: absent", "c rule (not checked)"]
+    assert clean_instruction('Instruction: "Reply politely."') == "Reply politely."
+
+
+def test_pick_inputs_is_seeded_per_state():
+    a = pick_inputs("abc", 10, 3, seed=0)
+    assert a == pick_inputs("abc", 10, 3, seed=0) and len(set(a)) == 3
+    assert pick_inputs("abc", 2, 5, seed=0) == [0, 1]
+    assert any(pick_inputs(h, 10, 3, seed=0) != a for h in ("abd", "abe", "abf"))
+
+
+# -- a scripted backend for the cache and judge logic ----------------------------------------
+class Scripted:
+    """A Generator whose answers are a function of the request; counts what it was sent."""
+
+    name = "scripted"
+    fingerprint = "scripted-v1"
+    supports_choice_probs = True
+
+    def __init__(self, fail_on: str | None = None, crash_after: int | None = None):
+        self.sent: list = []
+        self.fail_on, self.crash_after = fail_on, crash_after
+
+    def describe(self):
+        return {"name": self.name}
+
+    def chat(self, requests, on_result=None):
+        out = []
+        for i, r in enumerate(requests):
+            if self.crash_after is not None and len(self.sent) >= self.crash_after:
+                raise KeyboardInterrupt  # the process dies mid-batch
+            self.sent.append(r)
+            text = r.messages[-1]["content"]
+            res = GenError("boom") if self.fail_on and self.fail_on in text else ChatResult(text.upper(), usage=Usage(3, 2))
+            out.append(res)
+            if on_result:
+                on_result(i, res)
+        return out
+
+    def choice_probs(self, requests, on_result=None):
+        out = []
+        for i, r in enumerate(requests):
+            self.sent.append(r)
+            n = len(r.messages[-1]["content"]) % 5  # a distribution that depends on the prompt
+            probs = {c: (2.0 if j == n else 1.0) for j, c in enumerate(r.choices)}
+            z = sum(probs.values())
+            out.append(ChoiceResult({c: p / z for c, p in probs.items()}, mass=0.9))
+            if on_result:
+                on_result(i, out[-1])
+        return out
+
+
+def _req(text):
+    return ChatRequest.of([{"role": "user", "content": text}])
+
+
+def test_cache_serves_repeats_and_never_caches_failures(cache):
+    inner = Scripted(fail_on="bad")
+    gen = CachedGenerator(inner, cache)
+    first = gen.chat([_req("a"), _req("bad"), _req("a"), _req("b")])
+    assert [type(r).__name__ for r in first] == ["ChatResult", "GenError", "ChatResult", "ChatResult"]
+    assert len(inner.sent) == 3  # the duplicate "a" was sent once
+    again = CachedGenerator(inner, cache).chat([_req("a"), _req("b"), _req("bad")])
+    assert [r.cached for r in again[:2]] == [True, True] and again[0].text == "A"
+    assert len(inner.sent) == 4  # only the failure was sent again
+    assert gen.stats.prompt_tokens == 6 and gen.stats.failed == 1  # two answers sent, 3 tokens each
+
+
+def test_answers_are_persisted_as_they_arrive(cache):
+    crashing = Scripted(crash_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        CachedGenerator(crashing, cache).chat([_req(t) for t in "wxyz"])
+    assert cache.count("chat") == 2  # the two answered calls survived the crash
+    rerun = Scripted()
+    out = CachedGenerator(rerun, cache).chat([_req(t) for t in "wxyz"])
+    assert [r.text for r in out] == ["W", "X", "Y", "Z"]
+    assert [r.messages[-1]["content"] for r in rerun.sent] == ["y", "z"]
+
+
+def test_logprob_judge_is_the_expected_score_per_dimension(cache):
+    gen = CachedGenerator(Scripted(), cache)
+    out = run_judge(gen, VALIDITY, "auto", [{"instruction": "Do X.", "base_query": "X"}], [[("instruction", "Do X.")]])
+    (j,) = out
+    assert j.mode == "logprob" and set(j.scores) == {"validity", "consistency"}
+    for dim, score in j.scores.items():
+        # the scripted distribution: weight 2 on one digit, 1 on the others -> expectation is exact
+        assert score == pytest.approx(sum(v * w for v, w in zip(range(1, 6), _weights(gen, dim))) / 6)
+    assert j.mass == 0.9
+
+
+def _weights(gen, dim):
+    from ontask.tcia.prompts import messages
+
+    text = messages("judge_dimension", question=VALIDITY.questions[dim].format(instruction="Do X.", base_query="X"),
+                    material=[("instruction", "Do X.")])[-1]["content"]
+    n = len(text) % 5
+    return [2.0 if j == n else 1.0 for j in range(5)]
+
+
+def test_choice_request_key_differs_by_choices():
+    a = ChoiceRequest.of([{"role": "user", "content": "x"}])
+    b = ChoiceRequest.of([{"role": "user", "content": "x"}], choices=("1", "2"))
+    assert a.key_parts() != b.key_parts()
