@@ -175,21 +175,54 @@ def demo(
     out: Path = typer.Option(Path("ontask-demo"), "-o", "--output", help="Folder for the demo's outputs."),
     cache: Optional[Path] = typer.Option(None, help="Result cache file."),
 ) -> None:
-    """Score and select the bundled customer-support sample with the embedded models, offline."""
+    """The whole job on the bundled support task, offline: augment (TCIA), score, select.
+
+    Builds a small constraint database from bundled decomposed instructions, grows
+    instructions from one seed with the embedded SmolLM2 in every role, answers them on
+    bundled customer messages, then scores the rows (TSS, TSS++, IFD, perplexity) and
+    keeps the better half.
+    """
     from importlib.resources import files
 
     from ..scoring import ScoreConfig
     from ..selection import SelectConfig
+    from ..tcia.config import AugmentConfig
+    from .tcia_cmds import db_build_from, run_augment_cli
 
-    sample = Path(str(files("ontask") / "data" / "sample_support.jsonl"))
-    console.rule("[bold]ontask demo: score")
-    console.print(f"sample: {sample}")
+    data = Path(str(files("ontask") / "data"))
+    _quiet_libraries()
+    console.rule("[bold]ontask demo 1/4: constraint database")
+    db = db_build_from(data / "demo_constraints.jsonl", out / "db", cache)
+    console.rule("[bold]ontask demo 2/4: augment (TCIA)")
+    cfg = AugmentConfig(**DEMO_AUGMENT, db=out / "db")
+    manifest = run_augment_cli(cfg, out / "augment", seed_text=None, seeds_file=data / "demo_seed.jsonl",
+                               inputs_file=data / "demo_inputs.jsonl", input_field=None, cache_path=cache, db_obj=db)
+    rows = manifest["outputs"]["rows"]
+    if rows < 2:
+        _fail(f"augmentation kept {rows} rows, too few to score against each other; see {out / 'augment'}")
+    console.rule("[bold]ontask demo 3/4: score")
     scored = out / "scored" / "data.jsonl"
-    _run_score(sample, scored, ScoreConfig(metrics=["ppl", "ifd", "tss", "tss++"], k=4), cache)
-    console.rule("[bold]ontask demo: select")
-    _run_select(scored, out / "selected" / "data.jsonl", SelectConfig(by="tss++", retain=0.5, ifd_max=1.0))
+    k = min(4, max(1, _distinct_instructions(Path(manifest["outputs"]["data"])) - 1))
+    _run_score(Path(manifest["outputs"]["data"]), scored, ScoreConfig(metrics=["ppl", "ifd", "tss", "tss++"], k=k), cache)
+    console.rule("[bold]ontask demo 4/4: select")
+    _run_select(scored, out / "selected" / "data.jsonl", SelectConfig(by="tss++", retain=0.5))
     _print_demo_summary(scored)
-    console.print(f"\n[bold green]done.[/] outputs in {out.resolve()}")
+    console.print(f"\n[bold green]done.[/] outputs in {out.resolve()}:\n"
+                  f"  augment/   data.jsonl, instructions.jsonl, failed.jsonl, run.json (funnel, diversity, on-task)\n"
+                  f"  scored/    data.jsonl with tss, tss_pp, ifd, ppl; run.json\n"
+                  f"  selected/  data.jsonl (kept rows), dropped.jsonl, select.json")
+
+
+# Small enough for 2 CPU cores in a few minutes; the tiny model is a weak judge, so the
+# thresholds are lower than the defaults (4 of 5), which suit real judge models.
+DEMO_AUGMENT = dict(hops=2, per_op=2, max_states=16, samples=6, inputs_per_instruction=2, max_refinements=1,
+                    compose_max_tokens=128, response_max_tokens=160, min_validity=2.5, min_consistency=2.5)
+
+
+def _distinct_instructions(path: Path) -> int:
+    import json
+
+    return len({json.loads(line)["instruction"] for line in path.read_text(encoding="utf-8").splitlines() if line})
 
 
 def _print_demo_summary(scored: Path) -> None:
@@ -197,13 +230,19 @@ def _print_demo_summary(scored: Path) -> None:
 
     rows = [json.loads(line) for line in scored.read_text(encoding="utf-8").splitlines()]
     rows.sort(key=lambda r: -r["tss_pp"])
-    table = Table(title="rows by TSS++ (top 5 and bottom 5)")
-    for col in ("rank", "spec", "tss", "tss++", "ifd", "ppl", "instruction"):
+    table = Table(title="augmented rows by TSS++")
+    for col in ("rank", "hop", "tss", "tss++", "ifd", "ppl", "instruction"):
         table.add_column(col)
-    for i, r in list(enumerate(rows))[:5] + list(enumerate(rows))[-5:]:
-        table.add_row(str(i + 1), str(r.get("spec", "")), f"{r['tss']:.3f}", f"{r['tss_pp']:.3f}",
+    shown = list(enumerate(rows))
+    for i, r in (shown if len(shown) <= 10 else shown[:5] + shown[-5:]):
+        table.add_row(str(i + 1), str(r.get("hop", "")), f"{r['tss']:.3f}", f"{r['tss_pp']:.3f}",
                       f"{r['ifd']:.3f}", f"{r['ppl']:.2f}", r["instruction"][:60])
     Console().print(table)
+
+
+from .tcia_cmds import register as _register_tcia  # noqa: E402  (commands defined after `app`)
+
+_register_tcia(app)
 
 
 def main() -> None:  # pragma: no cover

@@ -27,3 +27,27 @@ def row_progress(console: Console, total: int | None, label: str) -> Iterator:
             bar.update(task, advance=rows, rate=f"{done / dt:.1f} rows/s, {tokens:,} tok ({tokens / dt:,.0f} tok/s)")
 
         yield update
+
+
+@contextmanager
+def stage_progress(console: Console) -> Iterator:
+    """Yields `stage(name, total) -> tick(n)`: one bar per pipeline stage, with items/s."""
+    start = time.perf_counter()
+    columns = [
+        TextColumn("[bold]{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=console, transient=False) as bar:
+
+        def stage(name: str, total: int):
+            task = bar.add_task(name, total=total, rate="")
+            t0 = time.perf_counter()
+
+            def tick(n: int = 1) -> None:
+                done = bar.tasks[task].completed + n
+                bar.update(task, advance=n, rate=f"{done / max(time.perf_counter() - t0, 1e-9):.1f}/s")
+
+            return tick
+
+        yield stage
+    del start

@@ -1,0 +1,338 @@
+"""TCIA commands: `decompose`, `db build`, `augment`, `eval decompose`.
+
+Settings are validated (pydantic) before any model is loaded or token spent; every model
+call goes through the result cache, so rerunning an interrupted command resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from ..records import InputError
+from .config_file import merged
+from .progress import stage_progress
+
+db_app = typer.Typer(no_args_is_help=True, help="The constraint database TCIA draws edits from.")
+eval_app = typer.Typer(no_args_is_help=True, help="Measure models for a role against gold data.")
+
+
+def _main():  # late import: main.py registers these commands
+    from . import main
+
+    return main
+
+
+def _open_cache(path: Path | None):
+    from ..cache import ResultCache
+
+    return ResultCache(path)
+
+
+def _load(spec: str, base_url: str | None, concurrency: int = 64):
+    from ..generation import load_generator
+
+    m = _main()
+    with m.console.status(f"loading model {spec}"):
+        return load_generator(spec, base_url=base_url, concurrency=concurrency)
+
+
+def _decompose_to(input: Path, output: Path, decomposer: str | None, base_url: str | None, field: str | None,
+                  cache_path: Path | None, need_model: bool = True) -> tuple[list[Any], dict[str, Any]]:
+    """Decompose `input` into `output` (JSONL) + failed.jsonl beside it; returns rows and counts."""
+    from ..generation import CachedGenerator
+    from ..io.writers import AtomicWriter
+    from ..tcia.corpus import iter_decomposed
+
+    m = _main()
+    m._quiet_libraries()
+    cache = _open_cache(cache_path)
+    gen = CachedGenerator(_load(decomposer or "embedded", base_url), cache) if need_model else None
+    rows, failures = [], []
+    out_dir = output.parent
+    with stage_progress(m.console) as stage, AtomicWriter(output) as w, AtomicWriter(out_dir / "failed.jsonl") as fw:
+        tick = stage("decompose", 0)
+        for chunk in iter_decomposed(input, gen, field=field, tick=tick):
+            ok = [{**d.record, "_line": d.line, **d.result} for d in chunk if d.result is not None]
+            bad = [{"file": d.file, "line": d.line, "stage": "decompose", "reason": d.failure} for d in chunk if d.failure]
+            w.write(ok)
+            fw.write(bad)
+            rows += chunk
+            failures += bad
+    counts = {"rows": len(rows), "decomposed": len(rows) - len(failures), "failed": len(failures),
+              "calls": gen.stats.to_json() if gen else None}
+    return rows, counts
+
+
+def register(app: typer.Typer) -> None:
+    app.command("decompose", epilog="Examples:\n\n  ontask decompose prompts.jsonl -o decomposed.jsonl\n\n"
+                       "  ontask decompose prompts.jsonl -o out/d.jsonl --decomposer openai:gpt-4.1 --base-url http://localhost:8000/v1")(decompose_cmd)
+    app.command("augment", epilog="Examples:\n\n  ontask augment --seed 'Summarise the meeting in 3 bullets.' --inputs transcripts.jsonl --db db/ -o run/\n\n"
+                                  "  ontask augment --seeds seeds.jsonl --inputs docs.parquet --db db/ -o run/ --responders openai:a,openai:b --base-url URL")(augment_cmd)
+    app.add_typer(db_app, name="db")
+    app.add_typer(eval_app, name="eval")
+
+
+def decompose_cmd(
+    input: Path = typer.Argument(..., help="Instructions (field instruction/prompt/seed/text, or --field)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output JSONL: each row + is_complex, languages, tasks."),
+    decomposer: Optional[str] = typer.Option(None, help="embedded | hf:PATH | openai:MODEL (default: embedded)."),
+    base_url: Optional[str] = typer.Option(None, help="Server URL for openai: models."),
+    field: Optional[str] = typer.Option(None, help="Field holding the instruction."),
+    cache: Optional[Path] = typer.Option(None, help="Result cache file."),
+) -> None:
+    """Instruction -> task type, base query and constraints (one structured call per row)."""
+    m = _main()
+    if not input.exists():
+        m._fail(f"{input}: no such file or folder")
+    try:
+        _, counts = _decompose_to(input, output, decomposer, base_url, field, cache)
+    except KeyboardInterrupt:
+        m._fail("interrupted; run the same command again to resume (answered calls are cached)", 130)
+    except (InputError, ValueError, FileNotFoundError, RuntimeError) as err:
+        m._fail(str(err))
+    m.console.print(f"decomposed {counts['decomposed']} of {counts['rows']} rows, {counts['failed']} failed\n"
+                    f"output: {output}\nfailures: {output.parent / 'failed.jsonl'}")
+
+
+@db_app.command("build", epilog="Examples:\n\n  ontask db build corpus.jsonl -o db/\n\n  ontask db build decomposed.jsonl -o db/ --eps 0.1")
+def db_build(
+    input: Path = typer.Argument(..., help="Instructions to decompose, or rows already decomposed (task_type, base_query, constraints)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Database folder."),
+    decomposer: Optional[str] = typer.Option(None, help="Model for rows not yet decomposed (default: embedded)."),
+    base_url: Optional[str] = typer.Option(None),
+    embedder: str = typer.Option("embedded", help="Sentence embedder: embedded | a sentence-transformers folder."),
+    eps: float = typer.Option(0.15, help="DBSCAN eps (cosine distance) for clustering task types."),
+    min_samples: int = typer.Option(1, help="DBSCAN min_samples."),
+    cache: Optional[Path] = typer.Option(None, help="Result cache file."),
+) -> None:
+    """Build the constraint database: decompose, embed, cluster task types, index constraints."""
+    m = _main()
+    if not input.exists():
+        m._fail(f"{input}: no such file or folder")
+    try:
+        db_build_from(input, output, cache, decomposer, base_url, embedder, eps, min_samples)
+    except KeyboardInterrupt:
+        m._fail("interrupted; run the same command again to resume (answered calls are cached)", 130)
+    except (InputError, ValueError, FileNotFoundError, RuntimeError) as err:
+        m._fail(str(err))
+
+
+def db_build_from(input: Path, output: Path, cache: Path | None, decomposer: str | None = None,
+                  base_url: str | None = None, embedder: str = "embedded", eps: float = 0.15, min_samples: int = 1):
+    """Build and save a database (used by `db build` and the demo); returns it."""
+    from ..embed import load_embedder
+    from ..tcia.database import build_database
+
+    m = _main()
+    records, failed = _records_for_db(input, output, decomposer, base_url, cache)
+    m._quiet_libraries()
+    emb = load_embedder(embedder, cache=_open_cache(cache))
+    with m.console.status(f"embedding and clustering {len(records)} records"):
+        db = build_database(records, emb, eps=eps, min_samples=min_samples)
+    db.save(output)
+    d = db.describe()
+    m.console.print(f"database: {output}  " + ", ".join(f"{k}={d[k]}" for k in d if isinstance(d[k], (int, float, str))))
+    if failed:
+        m.console.print(f"[yellow]{failed} rows could not be decomposed:[/] {output / 'failed.jsonl'}")
+    return db
+
+
+def _records_for_db(input: Path, output: Path, decomposer, base_url, cache) -> tuple[list[dict[str, Any]], int]:
+    """Every (task type, base query, constraints) of the corpus, one record per task."""
+    rows, counts = _decompose_to(input, output / "decomposed.jsonl", decomposer, base_url, None, cache,
+                                 need_model=decomposer is not None or not _all_decomposed(input))
+    records = [t for d in rows if d.result for t in d.result["tasks"]]
+    if not records:
+        raise ValueError(f"{input}: no row could be decomposed (see {output / 'failed.jsonl'})")
+    return records, counts["failed"]
+
+
+def _all_decomposed(input: Path) -> bool:
+    from ..io.formats import iter_records
+
+    for chunk in iter_records(input):
+        for _, rec in chunk:
+            if not isinstance(rec, dict) or "task_type" not in rec:
+                return False
+    return True
+
+
+def augment_cmd(
+    output: Path = typer.Option(..., "-o", "--output", help="Run directory (resumes when it exists)."),
+    seed_text: Optional[str] = typer.Option(None, "--seed", help="One seed instruction."),
+    seeds: Optional[Path] = typer.Option(None, help="File of seed instructions (optionally decomposed)."),
+    inputs: Optional[Path] = typer.Option(None, help="Pool of real inputs of the task."),
+    input_field: Optional[str] = typer.Option(None, help="Field holding the input text."),
+    db: Optional[Path] = typer.Option(None, help="Constraint database folder (ontask db build)."),
+    hops: Optional[int] = typer.Option(None, help="Search depth (default 3)."),
+    per_op: Optional[int] = typer.Option(None, help="m: draws per operation per state (default 10)."),
+    max_states: Optional[int] = typer.Option(None, help="K: unique states to produce (default 2700)."),
+    samples: Optional[int] = typer.Option(None, help="k: states to write (default 2000)."),
+    inputs_per_instruction: Optional[int] = typer.Option(None, help="Inputs paired with each instruction (default 5)."),
+    decomposer: Optional[str] = typer.Option(None), composer: Optional[str] = typer.Option(None),
+    verifier: Optional[str] = typer.Option(None), judge: Optional[str] = typer.Option(None),
+    responders: Optional[str] = typer.Option(None, help="Comma list of models."),
+    embedder: Optional[str] = typer.Option(None),
+    base_url: Optional[str] = typer.Option(None, help="Server URL for openai: models."),
+    concurrency: Optional[int] = typer.Option(None, help="In-flight requests per server model (default 64)."),
+    judge_mode: Optional[str] = typer.Option(None, help="auto | logprob | text."),
+    min_validity: Optional[float] = typer.Option(None), min_consistency: Optional[float] = typer.Option(None),
+    min_response_score: Optional[float] = typer.Option(None, help="Floor on the best answer's mean judge score."),
+    rng_seed: Optional[int] = typer.Option(None, "--rng-seed", help="Random seed of the search and pairing (default 0)."),
+    cache: Optional[Path] = typer.Option(None, help="Result cache file."),
+    config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False, help="YAML settings; flags override."),
+) -> None:
+    """Grow diverse, on-task (instruction, input, response) rows from seed instructions (TCIA)."""
+    from ..tcia.config import AugmentConfig
+
+    m = _main()
+    try:
+        cfg = AugmentConfig(**merged(config, "augment", dict(
+            hops=hops, per_op=per_op, max_states=max_states, samples=samples,
+            inputs_per_instruction=inputs_per_instruction, decomposer=decomposer, composer=composer,
+            verifier=verifier, judge=judge, responders=responders, embedder=embedder, base_url=base_url,
+            concurrency=concurrency, judge_mode=judge_mode, min_validity=min_validity,
+            min_consistency=min_consistency, min_response_score=min_response_score, seed=rng_seed, db=db)))
+    except (ValueError, ValidationError) as err:
+        m._fail(str(err))
+    if (seed_text is None) == (seeds is None):
+        m._fail("give exactly one of --seed TEXT or --seeds FILE")
+    if inputs is None:
+        m._fail("--inputs FILE is required: the real inputs of the task to pair instructions with")
+    if cfg.db is None:
+        m._fail("--db is required: build one with `ontask db build CORPUS -o DB`")
+    run_augment_cli(cfg, output, seed_text=seed_text, seeds_file=seeds, inputs_file=inputs,
+                    input_field=input_field, cache_path=cache)
+
+
+def run_augment_cli(cfg, output: Path, *, seed_text: str | None, seeds_file: Path | None, inputs_file: Path,
+                    input_field: str | None, cache_path: Path | None, db_obj: Any = None) -> dict[str, Any]:
+    from ..embed import load_embedder
+    from ..tcia.database import ConstraintDB
+    from ..tcia.pipeline import Roles, Seed, run_augment
+    from ..tcia.sources import read_inputs, read_seeds
+
+    m = _main()
+    m._quiet_libraries()
+    try:
+        seeds = [Seed(seed_text, source="--seed")] if seed_text else read_seeds(seeds_file)
+        pool = read_inputs(inputs_file, input_field)
+        cache = _open_cache(cache_path)
+        with m.console.status(f"loading embedder {cfg.embedder}"):
+            emb = load_embedder(cfg.embedder, cache=cache)
+        db = db_obj or ConstraintDB.load(cfg.db, expect_embedder=emb.name)
+        with m.console.status("loading models " + ", ".join(sorted(set(cfg.roles().values())))):
+            roles = Roles(cfg, cache)
+        with stage_progress(m.console) as stage:
+            manifest = run_augment(seeds, pool, cfg, output, db=db, embedder=emb, roles=roles, progress=stage)
+    except KeyboardInterrupt:
+        m._fail("interrupted; run the same command again to resume (answered calls are cached)", 130)
+    except (InputError, ValueError, FileNotFoundError, RuntimeError) as err:
+        m._fail(str(err))
+    _print_funnel(manifest)
+    return manifest
+
+
+def _print_funnel(manifest: dict[str, Any]) -> None:
+    m = _main()
+    f = manifest["funnel"]
+    table = Table(title="augment funnel")
+    for col in ("explored", "sampled", "composed", "verified", "valid", "paired", "answered", "kept"):
+        table.add_column(col)
+    table.add_row(*(str(f[k]) for k in ("states_explored", "sampled", "composed", "verified", "valid", "paired", "answered", "kept")))
+    m.console.print(table)
+    drops = {k: v for k, v in f["drops"].items() if v}
+    if drops:
+        m.console.print("dropped: " + ", ".join(f"{k} {v}" for k, v in drops.items()))
+    div = manifest["diversity"]["valid"] or manifest["diversity"]["verified"]
+    if div:
+        m.console.print("diversity per hop: " + ", ".join(f"{h}: {'-' if v is None else f'{v:.3f}'}" for h, v in div.items()))
+    if manifest.get("on_task"):
+        ratios = {h: v["ratio"] for h, v in manifest["on_task"].items()}
+        m.console.print("on-task per hop: " + ", ".join(f"{h}: {'-' if r is None else f'{r:.2f}'}" for h, r in ratios.items()))
+    o = manifest["outputs"]
+    m.console.print(f"data: {o['data']} ({o['rows']} rows)\ninstructions: {o['instructions']}\nfailures: {o['failed']} "
+                    f"({manifest['failures']})\nmanifest: {Path(o['data']).parent / 'run.json'}")
+
+
+@eval_app.command("decompose", epilog="Examples:\n\n  ontask eval decompose ../shared/data/ifeval_dev.jsonl\n\n"
+                                      "  ontask eval decompose gold.jsonl --decomposer openai:gpt-4.1 --base-url URL -o eval.json")
+def eval_decompose(
+    input: Path = typer.Argument(..., help="Gold rows: prompt, instruction_id_list (or n_constraints), base_query."),
+    decomposer: Optional[str] = typer.Option(None, help="Model to evaluate (default: embedded)."),
+    base_url: Optional[str] = typer.Option(None),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the metrics (and per-row results) as JSON."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N rows."),
+    cache: Optional[Path] = typer.Option(None, help="Result cache file."),
+) -> None:
+    """Score a decomposer against gold decompositions: constraint count accuracy, base-query similarity."""
+    import itertools
+    import tempfile
+
+    from ..embed import load_embedder
+    from ..generation import CachedGenerator
+    from ..tcia.corpus import evaluate, iter_decomposed
+
+    m = _main()
+    if not input.exists():
+        m._fail(f"{input}: no such file or folder")
+    m._quiet_libraries()
+    try:
+        c = _open_cache(cache)
+        gen = CachedGenerator(_load(decomposer or "embedded", base_url), c)
+        src = input
+        if limit:
+            tmp = Path(tempfile.mkdtemp()) / "head.jsonl"
+            from ..io.formats import iter_records
+
+            recs = itertools.islice((r for ch in iter_records(input) for _, r in ch), limit)
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in recs))
+            src = tmp
+        rows = []
+        with stage_progress(m.console) as stage:
+            tick = stage("decompose", limit or 0)
+            for chunk in iter_decomposed(src, gen, field="prompt" if _has_field(src, "prompt") else None, tick=tick):
+                rows += chunk
+        emb = load_embedder("embedded", cache=c)
+        metrics = evaluate(rows, emb.embed, gold_count=_gold_count, gold_base=lambda r: r.get("base_query"))
+    except KeyboardInterrupt:
+        m._fail("interrupted; run the same command again to resume (answered calls are cached)", 130)
+    except (InputError, ValueError, FileNotFoundError, RuntimeError) as err:
+        m._fail(str(err))
+    metrics["model"] = gen.describe()
+    metrics["calls"] = gen.stats.to_json()
+    table = Table(title=f"decomposer {decomposer or 'embedded'} on {input.name}")
+    table.add_column("metric"); table.add_column("value")
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)) or v is None:
+            table.add_row(k, "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v)))
+    m.console.print(table)
+    if output:
+        from ..io.writers import write_json_atomic
+
+        per_row = [{"line": r.line, "failure": r.failure, "predicted": r.result,
+                    "gold_count": _gold_count(r.record), "gold_base_query": r.record.get("base_query")} for r in rows]
+        write_json_atomic(output, {"metrics": metrics, "rows": per_row})
+        m.console.print(f"written: {output}")
+
+
+def _gold_count(rec: dict[str, Any]) -> int | None:
+    if isinstance(rec.get("n_constraints"), int):
+        return rec["n_constraints"]
+    ids = rec.get("instruction_id_list")
+    return len(ids) if isinstance(ids, list) else None
+
+
+def _has_field(path: Path, name: str) -> bool:
+    from ..io.formats import iter_records
+
+    for chunk in iter_records(path, 1):
+        for _, rec in chunk:
+            return isinstance(rec, dict) and name in rec
+    return False

@@ -1,0 +1,523 @@
+"""Generation against any OpenAI-compatible chat server (vLLM, Ollama, llama.cpp, OpenAI).
+
+Why this shape:
+
+- Retries are our policy, not the SDK's: the `openai` client runs with `max_retries=0`
+  and `tenacity` retries 429, 408, 5xx, timeouts, connection errors and *broken bodies*
+  (an HTTP 200 whose body is not JSON or has no `choices[0].message`, which proxies and
+  overloaded servers do send). Waits are exponential with jitter and never shorter than
+  the server's `Retry-After` / `retry-after-ms`. Other 4xx fail at once. The retry
+  policy is kept apart from the concurrency bound (a semaphore on requests in flight),
+  so rate control can be added on its own later.
+- Bodies are read raw (`with_raw_response`) and parsed here, so a broken body is seen as
+  such instead of surfacing as an opaque SDK validation error, and so the hot path does
+  not build SDK objects it does not need.
+- Structured answers: the JSON schema goes in `response_format` (servers that constrain
+  decoding honour it); a server that rejects it with a 400 makes the generator switch to
+  putting the schema in a system instruction for the rest of its life ("auto"). Answers
+  are parsed with `parse_structured`; an invalid or truncated one is re-asked with the
+  problem spelled out, and after `max_reasks` it is a `GenError` carrying that problem.
+- `chat`/`choice_probs` are synchronous (the pipeline is), run their own event loop (in
+  a helper thread when called from inside a running loop, as `ServerScorer` does) and
+  fire `on_result` from that loop the moment each outcome is final.
+
+The API key is never part of the identity, `describe()`, logs or error reasons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import email.utils
+import functools
+import importlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Literal, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import openai
+from pydantic import BaseModel, ConfigDict, Field
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_base, wait_exponential
+
+from .base import (
+    ChatOutcome,
+    ChatRequest,
+    ChatResult,
+    ChoiceOutcome,
+    ChoiceRequest,
+    ChoiceResult,
+    GenError,
+    OnChat,
+    OnChoice,
+    Usage,
+    fingerprint_of,
+    normalise_choice_token,
+)
+from .structured import StructuredError, parse_structured
+
+log = logging.getLogger(__name__)
+
+StructuredMode = Literal["auto", "response_format", "prompt"]
+STRUCTURED_MODES: tuple[str, ...] = ("auto", "response_format", "prompt")
+TOP_LOGPROBS = 20  # the most OpenAI and vLLM (default max_logprobs) return
+
+# The HTTP library the installed SDK is built on (httpx for openai 1.x, httpx2 later).
+_HTTP: Any = importlib.import_module(type(openai.DEFAULT_CONNECTION_LIMITS).__module__.split(".")[0])
+
+
+class RetryPolicy(BaseModel):
+    """How failed HTTP attempts are retried (429, 408, 5xx, timeouts, broken bodies).
+
+    The n-th wait is `min(max_wait, initial_wait * 2**(n-1))`, scaled by a random factor in
+    [0.5, 1] with `jitter`, and never shorter than the server's Retry-After; a Retry-After
+    longer than `max_retry_after` ends the request instead of stalling the run.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_attempts: int = Field(6, ge=1)
+    initial_wait: float = Field(0.5, ge=0)
+    max_wait: float = Field(30.0, ge=0)
+    jitter: bool = True
+    max_retry_after: float = Field(120.0, ge=0)
+
+
+class OpenAIChatGenerator:
+    """A `Generator` over an OpenAI-compatible `/chat/completions` endpoint."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        concurrency: int = 64,
+        timeout: float = 60.0,
+        retry: RetryPolicy | dict[str, Any] | None = None,
+        structured: StructuredMode = "auto",
+        max_reasks: int = 2,
+    ) -> None:
+        if structured not in STRUCTURED_MODES:
+            raise ValueError(f"unknown structured mode '{structured}': use one of {', '.join(STRUCTURED_MODES)}")
+        base_url = base_url or os.environ.get("ONTASK_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
+        if not base_url:
+            raise ValueError("openai:MODEL needs a server address: pass base_url (e.g. http://localhost:8000/v1) "
+                             "or set ONTASK_BASE_URL")
+        self.model = model
+        self.name = f"openai:{model}"
+        self.base_url = base_url.rstrip("/")
+        self.concurrency = max(1, int(concurrency))
+        self.timeout = float(timeout)
+        self.retry = retry if isinstance(retry, RetryPolicy) else RetryPolicy(**(retry or {}))
+        self.structured: StructuredMode = structured
+        self.max_reasks = max(0, int(max_reasks))
+        self._api_key = api_key or os.environ.get("ONTASK_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        # "auto" starts with response_format and may fall back to the prompt for good.
+        self._schema_in: Literal["response_format", "prompt"] = "prompt" if structured == "prompt" else "response_format"
+        self._identity = {"backend": "openai-chat", "server_model": model,
+                          "base_url": _public_url(self.base_url), "structured": structured}
+        self._fingerprint = fingerprint_of(self._identity)
+
+    # -- identity -----------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    @property
+    def supports_choice_probs(self) -> bool:
+        return True  # the server's job: one without logprobs answers with GenErrors
+
+    @property
+    def schema_in(self) -> str:
+        """Where the schema goes now: "response_format", or "prompt" (configured, or after a fallback)."""
+        return self._schema_in
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "fingerprint": self._fingerprint, **self._identity,
+                "schema_in": self._schema_in, "concurrency": self.concurrency, "timeout": self.timeout,
+                "retry": self.retry.model_dump(), "max_reasks": self.max_reasks}
+
+    # -- public calls -------------------------------------------------------------------
+    def chat(self, requests: Sequence[ChatRequest], on_result: OnChat | None = None) -> list[ChatOutcome]:
+        return self._run_sync(list(requests), self._chat_one, on_result)
+
+    def choice_probs(self, requests: Sequence[ChoiceRequest], on_result: OnChoice | None = None) -> list[ChoiceOutcome]:
+        return self._run_sync(list(requests), self._choice_one, on_result)
+
+    # -- driving ------------------------------------------------------------------------
+    def _run_sync(self, requests: list[Any], one: Callable[..., Awaitable[Any]], on_result: Callable[[int, Any], None] | None) -> list[Any]:
+        if not requests:
+            return []
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self._run_all(requests, one, on_result))
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # called from async code: own loop
+            return pool.submit(asyncio.run, self._run_all(requests, one, on_result)).result()
+
+    async def _run_all(self, requests: list[Any], one: Callable[..., Awaitable[Any]],
+                       on_result: Callable[[int, Any], None] | None) -> list[Any]:
+        # One client per call: an async HTTP client belongs to the event loop that made it.
+        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, timeout=self.timeout,
+                                    max_retries=0, http_client=_http_client(self.concurrency, self.timeout))
+        call = _Call(client, asyncio.Semaphore(self.concurrency))
+        results: list[Any] = [None] * len(requests)
+        pending = iter(range(len(requests)))
+
+        async def worker() -> None:
+            for i in pending:  # shared iterator: each index is taken by exactly one worker
+                outcome = await self._guarded(one, call, requests[i])
+                results[i] = outcome
+                if on_result is not None:
+                    on_result(i, outcome)
+
+        # Twice as many workers as slots, so requests waiting out a backoff leave no slot idle.
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(len(requests), 2 * self.concurrency)):
+                    group.create_task(worker())
+        except ExceptionGroup as eg:  # only on_result can raise here: surface its own error
+            raise eg.exceptions[0] from None
+        finally:
+            await client.close()
+        return results
+
+    async def _guarded(self, one: Callable[..., Awaitable[Any]], call: "_Call", req: Any) -> Any:
+        tally = _Tally()
+        try:
+            return await one(call, req, tally)
+        except _Failure as exc:
+            return GenError(self._scrub(exc.reason), tally.attempts, tally.usage())
+        except Exception as exc:  # a bug or an unforeseen answer: one request fails, not the batch
+            log.debug("unexpected error in a chat request", exc_info=True)
+            return GenError(self._scrub(f"unexpected error: {type(exc).__name__}: {exc}"), tally.attempts, tally.usage())
+
+    # -- chat ---------------------------------------------------------------------------
+    async def _chat_one(self, call: "_Call", req: ChatRequest, tally: "_Tally") -> ChatOutcome:
+        if req.response_model is None:
+            reply = await self._send(call, self._body(req, req.messages), tally)
+            if not reply.content or not reply.content.strip():
+                return GenError(f"the server returned an empty answer (finish_reason {reply.finish_reason})",
+                                tally.attempts, tally.usage())
+            return ChatResult(reply.content, usage=tally.usage(), attempts=tally.attempts)
+        messages = list(req.messages)
+        problem = ""
+        for _ in range(self.max_reasks + 1):
+            reply = await self._send_structured(call, req, messages, tally)
+            text = reply.content or ""
+            try:
+                if reply.finish_reason == "length":
+                    raise StructuredError(f"the answer was truncated at the {req.max_tokens}-token limit, "
+                                          "so the JSON is incomplete; keep it shorter")
+                data, repaired = parse_structured(text, req.response_model)
+            except StructuredError as exc:
+                problem = str(exc)
+            else:
+                return ChatResult(text, data=data, usage=tally.usage(), attempts=tally.attempts, repaired=repaired)
+            messages += [{"role": "assistant", "content": text},
+                         {"role": "user", "content": f"Your answer was not valid: {problem}; reply with only the JSON object"}]
+        return GenError(f"no valid {req.response_model.__name__} after {self.max_reasks + 1} answers: {problem}",
+                        tally.attempts, tally.usage())
+
+    async def _send_structured(self, call: "_Call", req: ChatRequest, messages: list[dict[str, str]],
+                               tally: "_Tally") -> "_Reply":
+        model = req.response_model
+        assert model is not None
+        if self._schema_in == "prompt":
+            return await self._send(call, self._body(req, _with_instruction(messages, _schema_instruction(model))), tally)
+        body = self._body(req, messages, response_format=_response_format(model))
+        try:
+            return await self._send(call, body, tally)
+        except _Failure as exc:
+            if self.structured != "auto" or exc.status != 400:
+                raise
+            first = exc.reason
+        # A 400 in "auto": try the same request with the schema in the prompt. If that is
+        # answered, the server rejects response_format: stop sending it.
+        reply = await self._send(call, self._body(req, _with_instruction(messages, _schema_instruction(model))), tally)
+        if self._schema_in != "prompt":
+            log.warning("%s rejected response_format (%s); putting the JSON schema in the prompt from now on",
+                        _public_url(self.base_url), self._scrub(first))
+            self._schema_in = "prompt"
+        return reply
+
+    def _body(self, req: ChatRequest, messages: Sequence[dict[str, str]], **extra: Any) -> dict[str, Any]:
+        return {"model": self.model, "messages": list(messages), "max_tokens": req.max_tokens,
+                "temperature": req.temperature, "seed": req.seed, **extra}
+
+    # -- choice probabilities ------------------------------------------------------------
+    async def _choice_one(self, call: "_Call", req: ChoiceRequest, tally: "_Tally") -> ChoiceOutcome:
+        body = {"model": self.model, "messages": list(req.messages), "max_tokens": 1, "temperature": 0.0,
+                "logprobs": True, "top_logprobs": TOP_LOGPROBS}
+        reply = await self._send(call, body, tally)
+        top = _first_top_logprobs(reply.logprobs)
+        if top is None:
+            return GenError("the server returned no logprobs for the first token (does it support logprobs/top_logprobs?)",
+                            tally.attempts, tally.usage())
+        wanted = {normalise_choice_token(c): c for c in req.choices}
+        mass_of = dict.fromkeys(req.choices, 0.0)
+        for entry in top:
+            choice = wanted.get(normalise_choice_token(str(entry.get("token", ""))))
+            logprob = entry.get("logprob")
+            if choice is not None and isinstance(logprob, (int, float)) and math.isfinite(logprob):
+                mass_of[choice] += math.exp(logprob)
+        mass = math.fsum(mass_of.values())
+        if mass <= 0.0:
+            seen = ", ".join(repr(e.get("token")) for e in top[:5])
+            return GenError(f"none of the choices {', '.join(req.choices)} is among the server's top {len(top)} "
+                            f"next tokens (top: {seen})", tally.attempts, tally.usage())
+        return ChoiceResult({c: p / mass for c, p in mass_of.items()}, mass, usage=tally.usage())
+
+    # -- HTTP ---------------------------------------------------------------------------
+    async def _send(self, call: "_Call", body: dict[str, Any], tally: "_Tally") -> "_Reply":
+        """One chat completion, retried by the policy; raises `_Failure` when it gives up."""
+        retrying = AsyncRetrying(stop=stop_after_attempt(self.retry.max_attempts), wait=_Backoff(self.retry),
+                                 retry=retry_if_exception(_is_retryable), reraise=True, before_sleep=_log_retry)
+        before = tally.attempts
+        try:
+            return await retrying(self._attempt, call, body, tally)
+        except _Failure as exc:
+            if exc.retryable:
+                n = tally.attempts - before
+                raise _Failure(f"{exc.reason} (gave up after {n} attempt{'s' if n > 1 else ''})", exc.status) from None
+            raise
+
+    async def _attempt(self, call: "_Call", body: dict[str, Any], tally: "_Tally") -> "_Reply":
+        async with call.gate:
+            tally.attempts += 1
+            try:
+                async with asyncio.timeout(self.timeout):
+                    # The raw HTTP response: the body is parsed (and judged) here, and the SDK's
+                    # typed-parameter transform (it walks every message and schema) is skipped.
+                    response = await call.client.post("/chat/completions", cast_to=_HTTP.Response, body=body)
+                    content = await response.aread()
+            except openai.APIStatusError as exc:
+                raise self._status_failure(exc) from None
+            except TimeoutError:
+                raise _Failure(f"no answer within the {self.timeout:g}s timeout", retryable=True) from None
+            except openai.APIConnectionError as exc:
+                raise self._transport_failure(exc) from None
+        return _parse_reply(content, tally)
+
+    def _status_failure(self, exc: openai.APIStatusError) -> "_Failure":
+        status = exc.status_code
+        reason = f"server error {status}: {_error_message(exc)}"
+        if status not in (408, 429) and status < 500:
+            return _Failure(reason, status)
+        wait = _retry_after(exc.response.headers)
+        if wait is not None and wait > self.retry.max_retry_after:
+            return _Failure(f"{reason} (the server asked to wait {wait:g}s, more than max_retry_after "
+                            f"{self.retry.max_retry_after:g}s)", status)
+        return _Failure(reason, status, retryable=True, retry_after=wait)
+
+    def _transport_failure(self, exc: openai.APIConnectionError) -> "_Failure":
+        """A timeout or a connection failure, told apart by the exception's causes (the SDK's
+        aiohttp transport reports a refused connection as a connect *timeout*)."""
+        links, link = [], exc.__cause__ or exc.__context__
+        while link is not None and len(links) < 10:
+            links.append(link)
+            link = link.__cause__ or link.__context__
+        broken = next((e for e in links if (isinstance(e, OSError) and not isinstance(e, TimeoutError))
+                       or "Disconnected" in type(e).__name__), None)
+        if broken is None and (isinstance(exc, openai.APITimeoutError) or any(isinstance(e, TimeoutError) for e in links)):
+            return _Failure(f"no answer within the {self.timeout:g}s timeout", retryable=True)
+        detail = broken or (links[-1] if links else exc)
+        return _Failure(f"server unreachable at {_public_url(self.base_url)}: {type(detail).__name__}: {detail}",
+                        retryable=True)
+
+    def _scrub(self, text: str) -> str:
+        """Belt and braces: no error text ever carries the API key."""
+        key = self._api_key
+        return text.replace(key, "***") if key and key != "EMPTY" and len(key) >= 4 else text
+
+
+def load_openai_generator(model: str, **opts: Any) -> OpenAIChatGenerator:
+    """`openai:MODEL`. Options: base_url, api_key, concurrency, timeout, retry (RetryPolicy or
+    dict), structured ("auto" | "response_format" | "prompt"), max_reasks."""
+    return OpenAIChatGenerator(model, **opts)
+
+
+def _http_client(concurrency: int, timeout: float) -> Any:
+    """The SDK's aiohttp-backed HTTP client when aiohttp is installed (about half the CPU per
+    request of the httpx pool, which scans every connection per request), else its httpx one.
+    The pool holds a connection per slot, so no request waits for a connection."""
+    limits = _HTTP.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    try:
+        import aiohttp  # noqa: F401  (the SDK's aiohttp client needs it)
+
+        return openai.DefaultAioHttpClient(limits=limits, timeout=timeout)
+    except (ImportError, AttributeError, RuntimeError):  # no aiohttp, or an SDK without that client
+        return openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout)
+
+
+# -- per-call state -----------------------------------------------------------------------------
+@dataclass(slots=True)
+class _Call:
+    """What one chat()/choice_probs() call shares: the HTTP client and the in-flight bound."""
+
+    client: openai.AsyncOpenAI
+    gate: asyncio.Semaphore
+
+
+@dataclass(slots=True)
+class _Tally:
+    """HTTP attempts and tokens of one request, over every retry and re-ask."""
+
+    attempts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def usage(self) -> Usage:
+        return Usage(self.prompt_tokens, self.completion_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    content: str | None
+    finish_reason: str | None
+    logprobs: Any = None
+
+
+class _Failure(Exception):
+    """An attempt (or a request) that failed; `retryable` ones go through the retry policy."""
+
+    def __init__(self, reason: str, status: int | None = None, *, retryable: bool = False,
+                 retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.status, self.retryable, self.retry_after = reason, status, retryable, retry_after
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, _Failure) and exc.retryable
+
+
+class _Backoff(wait_base):
+    """Exponential backoff with jitter, never shorter than the server's Retry-After."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.exponential = wait_exponential(multiplier=policy.initial_wait, max=policy.max_wait)
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        wait = self.exponential(retry_state)
+        if self.policy.jitter:
+            wait *= random.uniform(0.5, 1.0)
+        exc = retry_state.outcome.exception() if retry_state.outcome is not None else None
+        hint = exc.retry_after if isinstance(exc, _Failure) else None
+        return max(wait, hint) if hint is not None else wait
+
+
+def _log_retry(retry_state: RetryCallState) -> None:
+    exc = retry_state.outcome.exception() if retry_state.outcome is not None else None
+    wait = retry_state.next_action.sleep if retry_state.next_action is not None else 0.0
+    log.debug("attempt %d failed (%s); retrying in %.2fs", retry_state.attempt_number, exc, wait)
+
+
+# -- parsing --------------------------------------------------------------------------------
+def _parse_reply(raw: bytes, tally: _Tally) -> _Reply:
+    """The first choice of a chat completion body, or a retryable broken-body failure."""
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise _Failure(f"broken response body (not JSON: {exc}; {len(raw)} bytes)", retryable=True) from None
+    if not isinstance(data, dict):
+        raise _Failure("broken response body (not a JSON object)", retryable=True)
+    usage = data.get("usage")
+    if isinstance(usage, dict):
+        tally.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+        tally.completion_tokens += int(usage.get("completion_tokens") or 0)
+    choices = data.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
+    message = first.get("message") if first is not None else None
+    if not isinstance(message, dict):
+        detail = data.get("error") if data.get("error") else "no choices[0].message"
+        raise _Failure(f"broken response body ({str(detail)[:300]})", retryable=True)
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        raise _Failure(f"broken response body (message content is a {type(content).__name__})", retryable=True)
+    return _Reply(content, first.get("finish_reason"), first.get("logprobs"))
+
+
+def _first_top_logprobs(logprobs: Any) -> list[dict[str, Any]] | None:
+    """`logprobs.content[0].top_logprobs`, or None when the server sent none."""
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    first = content[0] if isinstance(content, list) and content and isinstance(content[0], dict) else None
+    top = first.get("top_logprobs") if first is not None else None
+    if not isinstance(top, list) or not top:
+        return None
+    return [e for e in top if isinstance(e, dict)]
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds the server asked to wait (`retry-after-ms`, `retry-after`: seconds or a date)."""
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name) if headers is not None else None
+        if value is None:
+            continue
+        try:
+            seconds = float(value) / scale
+        except ValueError:
+            when = email.utils.parsedate_tz(value)
+            if when is None:
+                continue
+            seconds = email.utils.mktime_tz(when) - time.time()
+        if math.isfinite(seconds):
+            return max(0.0, seconds)
+    return None
+
+
+def _error_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        msg = err.get("message") if isinstance(err, dict) else err
+        if msg:
+            return str(msg)[:500]
+    return (str(body) if body else exc.message)[:500]
+
+
+# -- schemas ----------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=512)
+def _schema_of(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema()
+
+
+@functools.lru_cache(maxsize=512)
+def _response_format(model: type[BaseModel]) -> dict[str, Any]:
+    name = re.sub(r"[^a-zA-Z0-9_-]", "_", model.__name__)[:64] or "answer"
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": _schema_of(model), "strict": False}}
+
+
+@functools.lru_cache(maxsize=512)
+def _schema_instruction(model: type[BaseModel]) -> str:
+    return ("Reply with only a JSON object (no prose, no code fences) that matches this JSON schema:\n"
+            + json.dumps(_schema_of(model), ensure_ascii=False))
+
+
+def _with_instruction(messages: Sequence[dict[str, str]], instruction: str) -> list[dict[str, str]]:
+    """The messages with `instruction` added to the system message (one is made if absent);
+    appended rather than added as a second system turn, which some chat templates refuse."""
+    out = [dict(m) for m in messages]
+    if out and out[0].get("role") == "system":
+        out[0]["content"] = f"{out[0].get('content') or ''}\n\n{instruction}".lstrip()
+        return out
+    return [{"role": "system", "content": instruction}, *out]
+
+
+def _public_url(url: str) -> str:
+    """The URL without credentials or query string (they may carry keys)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))

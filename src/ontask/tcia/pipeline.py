@@ -1,0 +1,393 @@
+"""`ontask augment`: the six TCIA steps end to end, stage by stage, with a funnel.
+
+Each stage sends all of its calls at once (the backends batch or run them concurrently)
+and every answer lands in the content-addressed cache the moment it arrives, so the
+cache is the resume log: a killed run, started again, replays its answered calls from
+the cache and only pays for the rest. All randomness is seeded by the run seed and the
+content it concerns (seed index, state hash), never by arrival order, so a resumed run
+writes exactly what an uninterrupted one would.
+
+Outputs, all written atomically at the end (a failed run leaves the previous outputs):
+- data.jsonl: one row per kept (instruction, input, response), with judge scores and
+  lineage (seed, hop, edit path, state hash);
+- instructions.jsonl: every state the search produced, with what became of it and why;
+- failed.jsonl: every call that failed for good, with the stage and the reason;
+- run.json: configuration, models, the funnel (and its drops per reason), diversity and
+  on-task ratio per hop, usage per role, timings.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..cache import ResultCache
+from ..generation import CachedGenerator, GenError, Generator, load_generator
+from ..io.writers import AtomicWriter, write_json_atomic
+from ..runs import versions
+from .compose import compose_and_verify
+from .config import AugmentConfig
+from .decompose import decompose, states_of
+from .judges import Judged, JudgeSpec, resolve_mode, run_judge
+from .metrics import per_hop, ratio_per_hop
+from .prompts import templates_digest
+from .respond import answer, best_answer, judge_answers
+from .schemas import OnTask
+from .search import SearchConfig, explore
+from .state import InstructionState, Node
+from .validate import is_valid, judge_validity, pick_inputs
+
+Tick = Callable[[int], None]
+StageProgress = Callable[[str, int], Tick]
+
+ON_TASK = JudgeSpec("on_task", OnTask, {
+    "on_task": 'The seed task is "{task_type}": {base_query}. Rate how clearly the instruction below is still '
+               "this task (5: the same task with other requirements, 1: a different task).",
+})
+
+
+@dataclass(frozen=True)
+class Seed:
+    """A seed instruction, and its decomposition when the user supplied one."""
+
+    instruction: str
+    state: InstructionState | None = None
+    source: str = ""
+
+
+@dataclass
+class Item:
+    """One sampled state on its way through steps 4-6."""
+
+    seed_index: int
+    node: Node
+    status: str = "sampled"
+    reason: str | None = None
+    instruction: str | None = None
+    rounds: int = 0
+    validity: Judged | None = None
+    on_task_judge: float | None = None
+    on_task_similarity: float | None = None
+    on_task: bool | None = None
+    pairs: int = 0
+    kept_rows: int = 0
+
+
+class Roles:
+    """One loaded backend per distinct model string, one cached view (and stats) per role."""
+
+    def __init__(self, cfg: AugmentConfig, cache: ResultCache | None, loader: Callable[[str], Generator] | None = None) -> None:
+        load = loader or (lambda spec: load_generator(spec, base_url=cfg.base_url, concurrency=cfg.concurrency))
+        backends: dict[str, Generator] = {}
+        self.by_role: dict[str, CachedGenerator] = {}
+        for role, spec in cfg.roles().items():
+            if spec not in backends:
+                backends[spec] = load(spec)
+            self.by_role[role] = CachedGenerator(backends[spec], cache)
+
+    def __getitem__(self, role: str) -> CachedGenerator:
+        return self.by_role[role]
+
+    def describe(self) -> dict[str, Any]:
+        return {role: {**g.describe(), "calls": g.stats.to_json()} for role, g in self.by_role.items()}
+
+
+def run_augment(seeds: Sequence[Seed], inputs: Sequence[str], cfg: AugmentConfig, out_dir: str | Path, *,
+                db: Any, embedder: Any, roles: Roles, progress: StageProgress | None = None) -> dict[str, Any]:
+    """Run the six steps and write the run directory; returns the manifest (run.json)."""
+    if not inputs:
+        raise ValueError("the input pool is empty: augment needs real inputs of the task to pair with")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    failures: list[dict[str, Any]] = []
+    stage = progress or (lambda name, total: (lambda n: None))
+
+    def lap(name: str, start: float) -> None:
+        timings[name] = round(time.perf_counter() - start, 3)
+
+    # step 1: decompose the seeds that came as plain text
+    s = time.perf_counter()
+    seed_states = _decompose_seeds(seeds, roles["decomposer"], failures, stage)
+    lap("decompose", s)
+
+    # step 3: search (step 2, the database, is built beforehand by `ontask db build`)
+    s = time.perf_counter()
+    items: list[Item] = []
+    search_counts: list[dict[str, Any]] = []
+    tick = stage("search", len(seed_states))
+    for idx, state in seed_states.items():
+        result = explore(state, db, embedder.embed, _search_config(cfg, idx))
+        sampled = {n.state_hash for n in result.sampled}
+        for node in result.nodes:
+            item = Item(idx, node)
+            if node.state_hash not in sampled:
+                item.status, item.reason = "not_sampled", f"not among the {cfg.samples} sampled states"
+            items.append(item)
+        search_counts.append({"seed": idx, "states": len(result.nodes), "sampled": len(result.sampled),
+                              **{k: v for k, v in result.counts.items()}})
+        tick(1)
+    lap("search", s)
+    live = [it for it in items if it.status == "sampled"]
+
+    # step 4: compose, verify, refine
+    s = time.perf_counter()
+    composed = compose_and_verify(roles["composer"], roles["verifier"], [it.node.state for it in live],
+                                  max_refinements=cfg.max_refinements, max_tokens=cfg.compose_max_tokens,
+                                  tick=stage("compose+verify", len(live)))
+    for it, c in zip(live, composed):
+        it.instruction, it.rounds = c.instruction, c.rounds
+        if c.failure:
+            it.status, it.reason = f"{c.failure[0]}_failed", c.failure[1]
+            failures.append(_failure(c.failure[0], it, c.failure[1], roles["composer" if c.failure[0] == "compose" else "verifier"].name))
+        elif not c.verified:
+            it.status = "unverified"
+            it.reason = f"constraints still missing after {cfg.max_refinements} refinements: " + "; ".join(c.problems)
+        else:
+            it.status = "verified"
+    lap("compose_verify", s)
+    verified = [it for it in live if it.status == "verified"]
+
+    # step 5: validity and self-consistency
+    s = time.perf_counter()
+    tick = stage("validate", len(verified))
+    judged = judge_validity(roles["judge"], cfg.judge_mode, [it.instruction for it in verified],
+                            [it.node.state.base_query for it in verified])
+    tick(len(verified))
+    for it, j in zip(verified, judged):
+        if isinstance(j, GenError):
+            it.status, it.reason = "validity_failed", j.reason
+            failures.append(_failure("validate", it, j.reason, roles["judge"].name))
+        else:
+            it.validity = j
+            ok = is_valid(j, cfg.min_validity, cfg.min_consistency)
+            it.status = "valid" if ok else "invalid"
+            if not ok:
+                it.reason = (f"validity {j.scores['validity']:.2f} (min {cfg.min_validity}), "
+                             f"consistency {j.scores['consistency']:.2f} (min {cfg.min_consistency})")
+    lap("validate", s)
+
+    # metric: on-task ratio of every written instruction (judge + decomposed task type similarity)
+    s = time.perf_counter()
+    if cfg.on_task:
+        _judge_on_task(verified, seed_states, roles, embedder, cfg, failures, stage)
+    lap("on_task", s)
+
+    # step 5b + 6: pair with inputs, answer, judge, keep the best
+    s = time.perf_counter()
+    valid = [it for it in verified if it.status == "valid"]
+    rows = _respond(valid, inputs, cfg, roles, failures, stage)
+    lap("respond", s)
+
+    manifest = _manifest(cfg, seeds, seed_states, items, rows, failures, search_counts, roles, db, embedder, timings, t0)
+    _write_outputs(out, items, rows, failures, manifest, inputs, cfg, seed_states)
+    return manifest
+
+
+# -- stages ------------------------------------------------------------------------------
+def _decompose_seeds(seeds, decomposer, failures, stage) -> dict[int, InstructionState]:
+    states = {i: s.state for i, s in enumerate(seeds) if s.state is not None}
+    todo = [i for i, s in enumerate(seeds) if s.state is None]
+    tick = stage("decompose", len(todo))
+    results = decompose(decomposer, [seeds[i].instruction for i in todo], seed=True, on_done=lambda j, r: tick(1))
+    for i, r in zip(todo, results):
+        if isinstance(r, GenError):
+            failures.append({"stage": "decompose", "seed": i, "source": seeds[i].source, "model": decomposer.name, "reason": r.reason})
+            continue
+        found = states_of(r)
+        state = found[0]
+        if not state.constraints:
+            failures.append({"stage": "decompose", "seed": i, "source": seeds[i].source, "model": decomposer.name,
+                             "reason": "the seed decomposed into no constraints: nothing to edit (give it explicit "
+                                       "constraints, or a decomposed seed with task_type/base_query/constraints)"})
+            continue
+        states[i] = state
+    return dict(sorted(states.items()))
+
+
+def _search_config(cfg: AugmentConfig, seed_index: int) -> SearchConfig:
+    return SearchConfig(hops=cfg.hops, per_op=cfg.per_op, max_states=cfg.max_states, samples=cfg.samples,
+                        seed=cfg.seed * 1_000_003 + seed_index, near_duplicate=cfg.near_duplicate)
+
+
+def _judge_on_task(verified: list[Item], seed_states, roles, embedder, cfg, failures, stage) -> None:
+    if not verified:
+        return
+    tick = stage("on-task", len(verified))
+    contexts = [{"instruction": it.instruction, "task_type": seed_states[it.seed_index].task_type,
+                 "base_query": seed_states[it.seed_index].base_query} for it in verified]
+    judged = run_judge(roles["judge"], ON_TASK, cfg.judge_mode, contexts, [[("instruction", it.instruction)] for it in verified])
+    redecomposed = decompose(roles["decomposer"], [it.instruction for it in verified])
+    tick(len(verified))
+    types = [seed_states[it.seed_index].task_type for it in verified]
+    new_types = [None if isinstance(d, GenError) else d["tasks"][0]["task_type"] for d in redecomposed]
+    texts = list(dict.fromkeys(types + [t for t in new_types if t]))
+    vec = dict(zip(texts, embedder.embed(texts))) if texts else {}
+    for it, j, d, t, nt in zip(verified, judged, redecomposed, types, new_types):
+        if isinstance(j, GenError):
+            failures.append(_failure("on_task_judge", it, j.reason, roles["judge"].name))
+        else:
+            it.on_task_judge = j.scores["on_task"]
+        if isinstance(d, GenError):
+            failures.append(_failure("on_task_decompose", it, d.reason, roles["decomposer"].name))
+        else:
+            it.on_task_similarity = float(vec[t] @ vec[nt])
+        if it.on_task_judge is not None and it.on_task_similarity is not None:
+            it.on_task = it.on_task_judge >= cfg.on_task_min_judge and it.on_task_similarity >= cfg.on_task_min_similarity
+
+
+def _respond(valid: list[Item], inputs: Sequence[str], cfg: AugmentConfig, roles: Roles, failures, stage) -> list[dict[str, Any]]:
+    pairs: list[tuple[Item, int]] = []
+    for it in valid:
+        chosen = pick_inputs(it.node.state_hash, len(inputs), cfg.inputs_per_instruction, cfg.seed)
+        it.pairs = len(chosen)
+        pairs += [(it, j) for j in chosen]
+    texts = [(it.instruction, inputs[j]) for it, j in pairs]
+    responders = [(i, roles[f"responder_{i}"]) for i in range(len(cfg.responders))]
+    tick = stage("respond", len(pairs) * len(responders))
+    answers = {i: answer(g, texts, max_tokens=cfg.response_max_tokens, temperature=cfg.response_temperature,
+                         seed=cfg.seed, tick=tick) for i, g in responders}
+    # judge every answer that exists, in one batch
+    todo: list[tuple[int, int]] = []  # (pair index, responder index)
+    for p, (it, j) in enumerate(pairs):
+        for i, g in responders:
+            r = answers[i][p]
+            if isinstance(r, GenError):
+                failures.append(_failure("respond", it, r.reason, g.name, input_index=j))
+            else:
+                todo.append((p, i))
+    tick = stage("judge answers", len(todo))
+    verdicts = judge_answers(roles["judge"], cfg.judge_mode,
+                             [(texts[p][0], texts[p][1], answers[i][p].text) for p, i in todo])
+    tick(len(todo))
+    by_pair: dict[int, list[tuple[int, Judged]]] = {}
+    for (p, i), v in zip(todo, verdicts):
+        if isinstance(v, GenError):
+            it, j = pairs[p]
+            failures.append(_failure("judge_answer", it, v.reason, roles["judge"].name, input_index=j, responder=roles[f"responder_{i}"].name))
+        else:
+            by_pair.setdefault(p, []).append((i, v))
+    rows = []
+    for p, (it, j) in enumerate(pairs):
+        best = best_answer(by_pair.get(p, []))
+        if best is None:
+            rows.append({"_pair": p, "_status": "unanswered", "_item": it, "input_index": j})
+            continue
+        i, v = best
+        status = "kept" if cfg.min_response_score is None or v.mean >= cfg.min_response_score else "below_floor"
+        rows.append({"_pair": p, "_status": status, "_item": it, "input_index": j, "responder": i, "judged": v,
+                     "response": answers[i][p].text, "candidates": [(k, w.mean) for k, w in by_pair[p]]})
+        if status == "kept":
+            it.kept_rows += 1
+    return rows
+
+
+# -- outputs -----------------------------------------------------------------------------
+def _failure(stage: str, it: Item, reason: str, model: str, **extra: Any) -> dict[str, Any]:
+    return {"stage": stage, "seed": it.seed_index, "state_hash": it.node.state_hash, "hop": it.node.hop,
+            "model": model, **extra, "reason": reason}
+
+
+def _data_row(row: dict[str, Any], inputs: Sequence[str], cfg: AugmentConfig, seed_states) -> dict[str, Any]:
+    it: Item = row["_item"]
+    v: Judged = row["judged"]
+    state = it.node.state
+    return {
+        "instruction": it.instruction,
+        "input": inputs[row["input_index"]],
+        "response": row["response"],
+        "model": cfg.responders[row["responder"]],
+        **{f"judge_{d}": round(x, 4) for d, x in v.scores.items()},
+        "judge_mean": round(v.mean, 4),
+        "judge_mode": v.mode,
+        "candidates": [{"model": cfg.responders[k], "judge_mean": round(m, 4)} for k, m in row["candidates"]],
+        "validity": round(it.validity.scores["validity"], 4),
+        "consistency": round(it.validity.scores["consistency"], 4),
+        "seed": it.seed_index,
+        "seed_task_type": seed_states[it.seed_index].task_type,
+        "hop": it.node.hop,
+        "edit_path": [e.to_json() for e in it.node.path],
+        "state_hash": it.node.state_hash,
+        "task_type": state.task_type,
+        "base_query": state.base_query,
+        "constraints": [c.to_json() for c in state.constraints],
+        "input_index": row["input_index"],
+    }
+
+
+def _instruction_row(it: Item) -> dict[str, Any]:
+    return {
+        "seed": it.seed_index, "hop": it.node.hop, "state_hash": it.node.state_hash, "parent": it.node.parent,
+        "status": it.status, "reason": it.reason, "instruction": it.instruction, "rounds": it.rounds,
+        "validity": None if it.validity is None else {k: round(x, 4) for k, x in it.validity.scores.items()},
+        "on_task": it.on_task, "on_task_judge": it.on_task_judge,
+        "on_task_similarity": None if it.on_task_similarity is None else round(it.on_task_similarity, 4),
+        "pairs": it.pairs, "kept_rows": it.kept_rows,
+        "edit_path": [e.to_json() for e in it.node.path], **it.node.state.to_json(),
+    }
+
+
+def _funnel(items: list[Item], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    count = lambda *st: sum(1 for it in items if it.status in st)  # noqa: E731
+    sampled = len(items) - count("not_sampled")
+    composed = sampled - count("compose_failed")
+    verified = composed - count("verify_failed", "unverified")
+    valid = count("valid")
+    paired = len(rows)
+    answered = sum(1 for r in rows if r["_status"] != "unanswered")
+    kept = sum(1 for r in rows if r["_status"] == "kept")
+    return {
+        "states_explored": len(items), "sampled": sampled, "composed": composed, "verified": verified,
+        "valid": valid, "paired": paired, "answered": answered, "kept": kept,
+        "drops": {
+            "not_sampled": count("not_sampled"), "compose_failed": count("compose_failed"),
+            "verify_failed": count("verify_failed"), "unverified": count("unverified"),
+            "validity_failed": count("validity_failed"), "invalid": count("invalid"),
+            "unanswered": paired - answered, "below_floor": answered - kept,
+        },
+    }
+
+
+def _manifest(cfg, seeds, seed_states, items, rows, failures, search_counts, roles, db, embedder, timings, t0) -> dict[str, Any]:
+    written = [it for it in items if it.instruction and it.status in ("valid", "invalid", "validity_failed")]
+    kept_items = [it for it in items if it.status == "valid"]
+    div_written = per_hop([it.node.hop for it in written], embedder.embed([it.instruction for it in written])) if written else {}
+    div_kept = per_hop([it.node.hop for it in kept_items], embedder.embed([it.instruction for it in kept_items])) if kept_items else {}
+    return {
+        "command": "augment",
+        "config": cfg.model_dump(mode="json"),
+        "versions": versions(),
+        "templates": templates_digest(),
+        "models": roles.describe(),
+        "judge_mode": resolve_mode(cfg.judge_mode, roles["judge"]),
+        "embedder": getattr(embedder, "name", str(embedder)),
+        "database": db.describe() if hasattr(db, "describe") else None,
+        "seeds": [{"index": i, "source": s.source, "instruction": s.instruction,
+                   "state": seed_states[i].to_json() if i in seed_states else None} for i, s in enumerate(seeds)],
+        "funnel": _funnel(items, rows),
+        "search": search_counts,
+        "diversity": {"verified": div_written, "valid": div_kept},
+        "on_task": ratio_per_hop([it.node.hop for it in written], [it.on_task for it in written]) if cfg.on_task else None,
+        "failures": len(failures),
+        "timings_s": {**timings, "total": round(time.perf_counter() - t0, 3)},
+    }
+
+
+def _write_outputs(out: Path, items: list[Item], rows: list[dict[str, Any]], failures: list[dict[str, Any]],
+                   manifest: dict[str, Any], inputs: Sequence[str], cfg: AugmentConfig,
+                   seed_states: dict[int, InstructionState]) -> None:
+    data = [_data_row(r, inputs, cfg, seed_states) for r in rows if r["_status"] == "kept"]
+    with AtomicWriter(out / "instructions.jsonl") as w:
+        w.write([_instruction_row(it) for it in items])
+    with AtomicWriter(out / "failed.jsonl") as w:
+        w.write(failures)
+    with AtomicWriter(out / "data.jsonl") as w:
+        w.write(data)
+    manifest["outputs"] = {"data": str(out / "data.jsonl"), "instructions": str(out / "instructions.jsonl"),
+                           "failed": str(out / "failed.jsonl"), "rows": len(data)}
+    write_json_atomic(out / "run.json", manifest)

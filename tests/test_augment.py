@@ -1,0 +1,191 @@
+"""`ontask augment` end to end against the fake OpenAI-compatible server on 127.0.0.1.
+
+The server answers every role deterministically (ontask.testing.tcia_handler), so the
+funnel can be checked row for row; a second run injects faults; a third is killed with
+SIGKILL half-way and resumed, and must write what an uninterrupted run writes without
+sending an answered call twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+
+from ontask.cache import ResultCache
+from ontask.embed import load_embedder
+from ontask.tcia.config import AugmentConfig
+from ontask.tcia.database import build_database
+from ontask.tcia.pipeline import Roles, Seed, run_augment
+from ontask.tcia.sources import read_inputs, read_seeds
+from ontask.testing.fake_server import FakeServer
+from ontask.testing.tcia_handler import tcia_chat_handler
+
+DATA = Path(str(files("ontask") / "data"))
+SEED = ("Reply to the customer's message below as a Brightleaf Home support agent. Apologise once, "
+        "give one concrete next step, and keep the reply under 120 words.")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory):
+    return load_embedder("embedded", cache=ResultCache(tmp_path_factory.mktemp("emb") / "c.sqlite"))
+
+
+@pytest.fixture(scope="module")
+def db(embedder):
+    return build_database(read_jsonl(DATA / "demo_constraints.jsonl"), embedder)
+
+
+def _config(base_url: str, **kw) -> AugmentConfig:
+    base = dict(decomposer="openai:tiny", composer="openai:tiny", verifier="openai:tiny", judge="openai:tiny",
+                responders=["openai:tiny", "openai:tiny-b"], base_url=base_url, concurrency=64, hops=3, per_op=10,
+                max_states=300, samples=60, inputs_per_instruction=2, seed=7,
+                min_validity=3.5, min_consistency=3.5)  # the fake judge spreads its digits: means sit near 3.5
+    return AugmentConfig(**{**base, **kw})
+
+
+def _run(tmp_path, server, db, embedder, **kw):
+    cfg = _config(server.base_url, **kw)
+    cache = ResultCache(tmp_path / "cache.sqlite")
+    roles = Roles(cfg, cache)
+    inputs = read_inputs(DATA / "demo_inputs.jsonl")
+    manifest = run_augment([Seed(SEED)], inputs, cfg, tmp_path / "run", db=db, embedder=embedder, roles=roles)
+    return manifest, tmp_path / "run"
+
+
+def test_funnel_adds_up_row_for_row(tmp_path, db, embedder):
+    with FakeServer(chat_handler=tcia_chat_handler, model_name=("tiny", "tiny-b")) as server:
+        manifest, run = _run(tmp_path, server, db, embedder)
+    f = manifest["funnel"]
+    states = read_jsonl(run / "instructions.jsonl")
+    data = read_jsonl(run / "data.jsonl")
+    status = Counter(s["status"] for s in states)
+    # the search: K unique states, k sampled, T and Q fixed, no duplicates
+    assert f["states_explored"] == len(states) == 300
+    assert len({s["state_hash"] for s in states}) == 300
+    assert {(s["task_type"], s["base_query"]) for s in states} == {(manifest["seeds"][0]["state"]["task_type"],
+                                                                    manifest["seeds"][0]["state"]["base_query"])}
+    assert f["sampled"] == 60 and status["not_sampled"] == 240
+    # every stage = the previous one minus its drops, and the drops are the rows' statuses
+    d = f["drops"]
+    assert f["composed"] == f["sampled"] - d["compose_failed"]
+    assert f["verified"] == f["composed"] - d["verify_failed"] - d["unverified"]
+    assert f["valid"] == f["verified"] - d["validity_failed"] - d["invalid"] == status["valid"]
+    assert d["unverified"] == status["unverified"] > 0  # the scripted verifier finds gaps now and then
+    assert d["invalid"] == status["invalid"] > 0
+    assert f["paired"] == 2 * f["valid"] == sum(s["pairs"] for s in states)
+    assert f["answered"] == f["paired"] - d["unanswered"]
+    assert f["kept"] == f["answered"] - d["below_floor"] == len(data) == sum(s["kept_rows"] for s in states)
+    # rows carry lineage and real scores; the best of the two responders was kept
+    valid = {s["state_hash"]: s for s in states if s["status"] == "valid"}
+    for row in data:
+        assert row["state_hash"] in valid and row["instruction"] == valid[row["state_hash"]]["instruction"]
+        assert row["response"].strip() and row["model"] in ("openai:tiny", "openai:tiny-b")
+        assert 1 <= row["judge_mean"] <= 5 and len(row["candidates"]) == 2
+        assert row["judge_mean"] == max(c["judge_mean"] for c in row["candidates"])
+        assert row["hop"] == len(row["edit_path"]) >= 1
+    assert manifest["failures"] == 0 and read_jsonl(run / "failed.jsonl") == []
+    div = manifest["diversity"]["verified"]
+    assert set(div) >= {"1", "2", "3", "all"} and all(0 < v < 1 for v in div.values() if v is not None)
+    assert manifest["on_task"]["all"]["judged"] == f["verified"]
+
+
+def test_faults_are_recorded_never_papered_over(tmp_path, db, embedder):
+    faults = dict(fail_rate_500=0.05, fail_rate_429=0.05, fail_rate_bad_body=0.02, fail_rate_timeout=0.01,
+                  timeout_delay=3.0, retry_after=0.05)
+    with FakeServer(chat_handler=tcia_chat_handler, model_name=("tiny", "tiny-b"), **faults) as server:
+        cfg_kw = dict(max_states=120, samples=30)
+        from ontask.generation.openai_chat import RetryPolicy
+
+        def loader(spec):
+            from ontask.generation.openai_chat import OpenAIChatGenerator
+
+            # few attempts, short waits, so that some calls do run out of retries
+            return OpenAIChatGenerator(spec.split(":", 1)[1], base_url=server.base_url, concurrency=64, timeout=1.0,
+                                       retry=RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.05))
+
+        cfg = _config(server.base_url, **cfg_kw)
+        roles = Roles(cfg, ResultCache(tmp_path / "cache.sqlite"), loader=loader)
+        manifest = run_augment([Seed(SEED)], read_inputs(DATA / "demo_inputs.jsonl"), cfg, tmp_path / "run",
+                               db=db, embedder=embedder, roles=roles)
+        faults_seen = Counter(r.get("fault") for r in server.requests if r.get("fault"))
+    run = tmp_path / "run"
+    failed = read_jsonl(run / "failed.jsonl")
+    states = read_jsonl(run / "instructions.jsonl")
+    assert faults_seen["500"] and faults_seen["429"]  # the faults really happened
+    assert failed, "with 2 attempts per call some calls must have run out"
+    assert all(r["reason"] and r["stage"] for r in failed)
+    status = Counter(s["status"] for s in states)
+    stages = Counter(r["stage"] for r in failed)
+    assert status["compose_failed"] == stages["compose"] and status["verify_failed"] == stages["verify"]
+    assert status["validity_failed"] == stages["validate"]
+    for s in states:  # a failed state says why
+        if s["status"].endswith("_failed"):
+            assert s["reason"]
+    for row in read_jsonl(run / "data.jsonl"):
+        assert row["response"].strip() and 1 <= row["judge_mean"] <= 5
+    f = manifest["funnel"]
+    assert f["kept"] + f["drops"]["unanswered"] + f["drops"]["below_floor"] == f["paired"]
+
+
+def _start_server_process(log: Path, latency: float) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "ontask.testing.fake_server", "--port", "0", "--latency", str(latency),
+                             "--log", str(log), "--chat-handler", "tcia", "--model-name", "tiny"],
+                            stdout=subprocess.PIPE, text=True)
+    url = proc.stdout.readline().strip()
+    assert url.startswith("http://127.0.0.1"), url
+    return proc, url
+
+
+def _augment_cmd(run: Path, cache: Path, db: Path, url: str) -> list[str]:
+    return [sys.executable, "-m", "ontask.cli.main", "augment", "--seed", SEED, "--inputs", str(DATA / "demo_inputs.jsonl"),
+            "--db", str(db), "-o", str(run), "--cache", str(cache), "--base-url", url, "--concurrency", "4",
+            "--max-states", "40", "--samples", "12", "--inputs-per-instruction", "2", "--hops", "2", "--per-op", "3",
+            *[x for role in ("decomposer", "composer", "verifier", "judge", "responders") for x in (f"--{role}", "openai:tiny")]]
+
+
+def test_kill_9_then_resume_pays_for_nothing_twice(tmp_path, db):
+    db_dir = tmp_path / "db"
+    db.save(db_dir)
+    env = {**os.environ, "ONTASK_CACHE_DIR": str(tmp_path / "usercache")}
+    # reference: one uninterrupted run
+    ref_log, log = tmp_path / "ref.log", tmp_path / "killed.log"
+    server, url = _start_server_process(ref_log, latency=0.05)
+    try:
+        subprocess.run(_augment_cmd(tmp_path / "ref", tmp_path / "ref.sqlite", db_dir, url), env=env, check=True,
+                       capture_output=True, timeout=300)
+    finally:
+        server.kill()
+    server, url = _start_server_process(log, latency=0.05)
+    try:
+        cmd = _augment_cmd(tmp_path / "run", tmp_path / "run.sqlite", db_dir, url)
+        victim = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        total = len(read_jsonl(ref_log))
+        deadline = time.time() + 240
+        while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < total // 2):
+            time.sleep(0.05)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(30)
+        assert not (tmp_path / "run" / "data.jsonl").exists()
+        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    finally:
+        server.kill()
+    assert (tmp_path / "run" / "data.jsonl").read_bytes() == (tmp_path / "ref" / "data.jsonl").read_bytes()
+    assert (tmp_path / "run" / "instructions.jsonl").read_bytes() == (tmp_path / "ref" / "instructions.jsonl").read_bytes()
+    answered = Counter(json.dumps(r["body"], sort_keys=True) for r in read_jsonl(log) if r["status"] == 200)
+    twice = [b for b, n in answered.items() if n > 1]
+    # only calls in flight at the kill (at most `--concurrency` of them) may be sent again
+    assert len(twice) <= 4, f"{len(twice)} answered calls were sent twice"
+    assert sum(answered.values()) <= len(read_jsonl(ref_log)) + 4
