@@ -82,7 +82,8 @@ def test_funnel_adds_up_row_for_row(tmp_path, db, embedder):
     d = f["drops"]
     assert f["composed"] == f["sampled"] - d["compose_failed"]
     assert f["verified"] == f["composed"] - d["verify_failed"] - d["unverified"]
-    assert f["valid"] == f["verified"] - d["validity_failed"] - d["invalid"] == status["valid"]
+    assert f["unique"] == f["verified"] - d["duplicate"]
+    assert f["valid"] == f["unique"] - d["validity_failed"] - d["invalid"] == status["valid"]
     assert d["unverified"] == status["unverified"] > 0  # the scripted verifier finds gaps now and then
     assert d["invalid"] == status["invalid"] > 0
     assert f["paired"] == 2 * f["valid"] == sum(s["pairs"] for s in states)
@@ -99,7 +100,7 @@ def test_funnel_adds_up_row_for_row(tmp_path, db, embedder):
     assert manifest["failures"] == 0 and read_jsonl(run / "failed.jsonl") == []
     div = manifest["diversity"]["verified"]
     assert set(div) >= {"1", "2", "3", "all"} and all(0 < v < 1 for v in div.values() if v is not None)
-    assert manifest["on_task"]["all"]["judged"] == f["verified"]
+    assert manifest["on_task"]["all"]["judged"] == f["unique"]
 
 
 def test_faults_are_recorded_never_papered_over(tmp_path, db, embedder):

@@ -39,8 +39,10 @@ def stage_progress(console: Console) -> Iterator:
     ]
     with Progress(*columns, console=console, transient=False) as bar:
 
-        def stage(name: str, total: int):
+        def stage(name: str, total: int | None):
             task = bar.add_task(name, total=total, rate="")
+            if total == 0:
+                bar.update(task, completed=0)  # nothing to do: finished now, so its clock stops
             t0 = time.perf_counter()
 
             def tick(n: int = 1) -> None:

@@ -56,7 +56,7 @@ def _decompose_to(input: Path, output: Path, decomposer: str | None, base_url: s
     rows, failures = [], []
     out_dir = output.parent
     with stage_progress(m.console) as stage, AtomicWriter(output) as w, AtomicWriter(out_dir / "failed.jsonl") as fw:
-        tick = stage("decompose", 0)
+        tick = stage("decompose", None)
         for chunk in iter_decomposed(input, gen, field=field, tick=tick):
             ok = [{**d.record, "_line": d.line, **d.result} for d in chunk if d.result is not None]
             bad = [{"file": d.file, "line": d.line, "stage": "decompose", "reason": d.failure} for d in chunk if d.failure]
@@ -243,9 +243,9 @@ def _print_funnel(manifest: dict[str, Any]) -> None:
     m = _main()
     f = manifest["funnel"]
     table = Table(title="augment funnel")
-    for col in ("explored", "sampled", "composed", "verified", "valid", "paired", "answered", "kept"):
+    for col in ("explored", "sampled", "composed", "verified", "unique", "valid", "paired", "answered", "kept"):
         table.add_column(col)
-    table.add_row(*(str(f[k]) for k in ("states_explored", "sampled", "composed", "verified", "valid", "paired", "answered", "kept")))
+    table.add_row(*(str(f[k]) for k in ("states_explored", "sampled", "composed", "verified", "unique", "valid", "paired", "answered", "kept")))
     m.console.print(table)
     drops = {k: v for k, v in f["drops"].items() if v}
     if drops:
@@ -296,7 +296,7 @@ def eval_decompose(
             src = tmp
         rows = []
         with stage_progress(m.console) as stage:
-            tick = stage("decompose", limit or 0)
+            tick = stage("decompose", limit)
             for chunk in iter_decomposed(src, gen, field="prompt" if _has_field(src, "prompt") else None, tick=tick):
                 rows += chunk
         emb = load_embedder("embedded", cache=c)

@@ -23,11 +23,11 @@ def load_generator(spec: str, **options: Any) -> Generator:
     if spec == "embedded":
         from .hf import load_embedded_generator
 
-        return load_embedded_generator(**_only(options, "batch_size", "max_length"))
+        return load_embedded_generator(**_only(options, "batch_size", "max_length", "repetition_penalty"))
     if spec.startswith("hf:"):
         from .hf import load_hf_generator
 
-        return load_hf_generator(spec[3:], **_only(options, "batch_size", "max_length"))
+        return load_hf_generator(spec[3:], **_only(options, "batch_size", "max_length", "repetition_penalty"))
     if spec.startswith("openai:"):
         from .openai_chat import load_openai_generator
 

@@ -127,6 +127,7 @@ class HFGenerator:
         identity: dict[str, Any],
         batch_size: int = 8,
         max_length: int | None = None,
+        repetition_penalty: float = 1.0,
     ) -> None:
         if not tokenizer.chat_template:
             raise ValueError(f"{name}: the tokenizer has no chat_template; chat needs one")
@@ -141,8 +142,12 @@ class HFGenerator:
         self._vocab = int(model.get_output_embeddings().weight.shape[0])
         self._constraints: _Constraints | None = None
         self._choice_cache: dict[tuple[str, ...], tuple[int, ...]] = {}
+        # Applied to free-text answers only (a JSON answer's grammar already bounds it):
+        # small models loop on greedy decoding, and a mild penalty (1.1-1.3) stops that.
+        self.repetition_penalty = float(repetition_penalty)
         self._identity = {
             **identity,
+            **({"repetition_penalty": self.repetition_penalty} if self.repetition_penalty != 1.0 else {}),
             "template": hashlib.sha256(tokenizer.chat_template.encode()).hexdigest()[:16],
             "dtype": str(next(model.parameters()).dtype),
             "decoding": f"transformers {_version('transformers')}; llguidance {_version('llguidance')}",
@@ -242,7 +247,8 @@ class HFGenerator:
             use_cache=True,
             # Neutral values, so a checkpoint's generation_config.json (sampling settings, a
             # repetition penalty) neither changes the answers nor warns: filled in only where None.
-            min_length=0, repetition_penalty=1.0, no_repeat_ngram_size=0,
+            min_length=0, no_repeat_ngram_size=0,
+            repetition_penalty=self.repetition_penalty if reqs[0].response_model is None else 1.0,
             temperature=1.0, top_k=50, top_p=1.0, typical_p=1.0,
         )
         with torch.inference_mode():

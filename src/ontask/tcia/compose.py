@@ -14,7 +14,7 @@ from typing import Sequence
 
 from ..generation import ChatRequest, GenError, Generator
 from .prompts import messages
-from .schemas import Verification
+from .schemas import verification_for
 from .state import InstructionState
 
 
@@ -37,8 +37,8 @@ def compose_requests(states: Sequence[InstructionState], previous: Sequence[str 
 
 
 def verify_requests(states: Sequence[InstructionState], texts: Sequence[str]) -> list[ChatRequest]:
-    return [ChatRequest.of(messages("verify", instruction=t, constraints=s.constraints), response_model=Verification,
-                           max_tokens=96 + 64 * len(s.constraints))
+    return [ChatRequest.of(messages("verify", instruction=t, constraints=s.constraints),
+                           response_model=verification_for(len(s.constraints)), max_tokens=64 + 64 * len(s.constraints))
             for s, t in zip(states, texts)]
 
 

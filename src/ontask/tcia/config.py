@@ -27,6 +27,7 @@ class AugmentConfig(BaseModel):
     embedder: str = "embedded"
     base_url: str | None = None
     concurrency: int = Field(64, ge=1, description="in-flight requests per server model")
+    local_repetition_penalty: float = Field(1.0, ge=1.0, le=2.0, description="embedded/hf: penalty on free-text answers")
     db: Path | None = Field(None, description="constraint database folder (ontask db build)")
 
     # step 3: search
@@ -54,6 +55,7 @@ class AugmentConfig(BaseModel):
 
     # metrics
     on_task: bool = True
+    on_task_decompose: bool = Field(True, description="also decompose each instruction and compare task types")
     on_task_min_judge: float = Field(4.0, ge=1, le=5)
     on_task_min_similarity: float = Field(0.5, ge=-1, le=1)
 

@@ -81,7 +81,8 @@ class Roles:
     """One loaded backend per distinct model string, one cached view (and stats) per role."""
 
     def __init__(self, cfg: AugmentConfig, cache: ResultCache | None, loader: Callable[[str], Generator] | None = None) -> None:
-        load = loader or (lambda spec: load_generator(spec, base_url=cfg.base_url, concurrency=cfg.concurrency))
+        load = loader or (lambda spec: load_generator(spec, base_url=cfg.base_url, concurrency=cfg.concurrency,
+                                                      repetition_penalty=cfg.local_repetition_penalty))
         backends: dict[str, Generator] = {}
         self.by_role: dict[str, CachedGenerator] = {}
         for role, spec in cfg.roles().items():
@@ -151,6 +152,7 @@ def run_augment(seeds: Sequence[Seed], inputs: Sequence[str], cfg: AugmentConfig
         else:
             it.status = "verified"
     lap("compose_verify", s)
+    _drop_duplicate_texts(live)
     verified = [it for it in live if it.status == "verified"]
 
     # step 5: validity and self-consistency
@@ -210,6 +212,19 @@ def _decompose_seeds(seeds, decomposer, failures, stage) -> dict[int, Instructio
     return dict(sorted(states.items()))
 
 
+def _drop_duplicate_texts(items: list[Item]) -> None:
+    """Two states written as the same text are one instruction: keep the first (BFS order)."""
+    first: dict[str, str] = {}
+    for it in items:
+        if it.status != "verified":
+            continue
+        key = " ".join(it.instruction.split()).casefold()
+        if key in first:
+            it.status, it.reason = "duplicate", f"written as the same text as state {first[key]}"
+        else:
+            first[key] = it.node.state_hash
+
+
 def _search_config(cfg: AugmentConfig, seed_index: int) -> SearchConfig:
     return SearchConfig(hops=cfg.hops, per_op=cfg.per_op, max_states=cfg.max_states, samples=cfg.samples,
                         seed=cfg.seed * 1_000_003 + seed_index, near_duplicate=cfg.near_duplicate)
@@ -222,10 +237,11 @@ def _judge_on_task(verified: list[Item], seed_states, roles, embedder, cfg, fail
     contexts = [{"instruction": it.instruction, "task_type": seed_states[it.seed_index].task_type,
                  "base_query": seed_states[it.seed_index].base_query} for it in verified]
     judged = run_judge(roles["judge"], ON_TASK, cfg.judge_mode, contexts, [[("instruction", it.instruction)] for it in verified])
-    redecomposed = decompose(roles["decomposer"], [it.instruction for it in verified])
+    redecomposed = (decompose(roles["decomposer"], [it.instruction for it in verified]) if cfg.on_task_decompose
+                    else [None] * len(verified))
     tick(len(verified))
     types = [seed_states[it.seed_index].task_type for it in verified]
-    new_types = [None if isinstance(d, GenError) else d["tasks"][0]["task_type"] for d in redecomposed]
+    new_types = [None if d is None or isinstance(d, GenError) else d["tasks"][0]["task_type"] for d in redecomposed]
     texts = list(dict.fromkeys(types + [t for t in new_types if t]))
     vec = dict(zip(texts, embedder.embed(texts))) if texts else {}
     for it, j, d, t, nt in zip(verified, judged, redecomposed, types, new_types):
@@ -235,10 +251,11 @@ def _judge_on_task(verified: list[Item], seed_states, roles, embedder, cfg, fail
             it.on_task_judge = j.scores["on_task"]
         if isinstance(d, GenError):
             failures.append(_failure("on_task_decompose", it, d.reason, roles["decomposer"].name))
-        else:
+        elif d is not None:
             it.on_task_similarity = float(vec[t] @ vec[nt])
-        if it.on_task_judge is not None and it.on_task_similarity is not None:
-            it.on_task = it.on_task_judge >= cfg.on_task_min_judge and it.on_task_similarity >= cfg.on_task_min_similarity
+        if it.on_task_judge is not None and (it.on_task_similarity is not None or not cfg.on_task_decompose):
+            it.on_task = it.on_task_judge >= cfg.on_task_min_judge and (
+                not cfg.on_task_decompose or it.on_task_similarity >= cfg.on_task_min_similarity)
 
 
 def _respond(valid: list[Item], inputs: Sequence[str], cfg: AugmentConfig, roles: Roles, failures, stage) -> list[dict[str, Any]]:
@@ -337,24 +354,25 @@ def _funnel(items: list[Item], rows: list[dict[str, Any]]) -> dict[str, Any]:
     sampled = len(items) - count("not_sampled")
     composed = sampled - count("compose_failed")
     verified = composed - count("verify_failed", "unverified")
+    unique = verified - count("duplicate")
     valid = count("valid")
     paired = len(rows)
     answered = sum(1 for r in rows if r["_status"] != "unanswered")
     kept = sum(1 for r in rows if r["_status"] == "kept")
     return {
         "states_explored": len(items), "sampled": sampled, "composed": composed, "verified": verified,
-        "valid": valid, "paired": paired, "answered": answered, "kept": kept,
+        "unique": unique, "valid": valid, "paired": paired, "answered": answered, "kept": kept,
         "drops": {
             "not_sampled": count("not_sampled"), "compose_failed": count("compose_failed"),
             "verify_failed": count("verify_failed"), "unverified": count("unverified"),
-            "validity_failed": count("validity_failed"), "invalid": count("invalid"),
+            "duplicate": count("duplicate"), "validity_failed": count("validity_failed"), "invalid": count("invalid"),
             "unanswered": paired - answered, "below_floor": answered - kept,
         },
     }
 
 
 def _manifest(cfg, seeds, seed_states, items, rows, failures, search_counts, roles, db, embedder, timings, t0) -> dict[str, Any]:
-    written = [it for it in items if it.instruction and it.status in ("valid", "invalid", "validity_failed")]
+    written = [it for it in items if it.instruction and it.status in ("valid", "invalid", "validity_failed")]  # unique texts
     kept_items = [it for it in items if it.status == "valid"]
     div_written = per_hop([it.node.hop for it in written], embedder.embed([it.instruction for it in written])) if written else {}
     div_kept = per_hop([it.node.hop for it in kept_items], embedder.embed([it.instruction for it in kept_items])) if kept_items else {}

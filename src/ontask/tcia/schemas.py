@@ -7,9 +7,10 @@ constrained decoder always terminates, even with a weak model.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, Field, create_model
 
 from .state import Category, Constraint, InstructionState, normalise_category
 
@@ -57,6 +58,19 @@ class Verification(BaseModel):
     """Step 4: does the written instruction state each constraint?"""
 
     checks: list[Check] = Field(min_length=1, max_length=12)
+
+
+@lru_cache(maxsize=None)
+def verification_for(n: int) -> type[BaseModel]:
+    """`Verification` with exactly one check per constraint (ids 1..n).
+
+    A constrained decoder then cannot run on inventing checks 4, 5, 6... for three
+    constraints (small models do), and a server model is told the exact shape.
+    """
+    check = create_model("Check", id=(int, Field(ge=1, le=n, description="the constraint's number")),
+                         satisfied=(bool, ...), reason=(str, Field(max_length=120)))
+    return create_model("Verification", __doc__=Verification.__doc__,
+                        checks=(list[check], Field(min_length=n, max_length=n)))
 
 
 class Validity(BaseModel):

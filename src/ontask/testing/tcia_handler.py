@@ -56,9 +56,9 @@ def tcia_chat_handler(body: dict[str, Any]) -> str:
         return json.dumps({**{d: 2 + (seed >> (3 * i)) % 4 for i, d in enumerate(dims)}, "reason": "ok"})
     if title == "OnTask":
         return json.dumps({"on_task": 4 + seed % 2, "reason": "same task"})
-    if "Goal:" in user and "Constraints:" in user:  # the composer
-        goal = user.split("Goal:", 1)[1].split("\n", 1)[0].strip()
-        cons = [c for _, c in _NUMBERED.findall(user.split("Constraints:", 1)[1].split("Your previous version")[0])]
+    if "Task:" in user and "Rules:" in user:  # the composer
+        goal = user.split("Task:", 1)[1].split("\n", 1)[0].strip()
+        cons = [c for _, c in _NUMBERED.findall(user.split("Rules:", 1)[1].split("Your previous version")[0])]
         return " ".join([goal, *[c.rstrip(".") + "." for c in cons]])
     return f"Answer {seed % 1000}: " + " ".join(user.split()[:12])  # a responder
 
