@@ -190,3 +190,17 @@ def test_kill_9_then_resume_pays_for_nothing_twice(tmp_path, db):
     # only calls in flight at the kill (at most `--concurrency` of them) may be sent again
     assert len(twice) <= 4, f"{len(twice)} answered calls were sent twice"
     assert sum(answered.values()) <= len(read_jsonl(ref_log)) + 4
+
+
+def test_cut_off_answers_are_failures_not_rows(tmp_path, db, embedder):
+    def rambling(body):  # responders ramble past max_tokens; every other role answers as usual
+        text = tcia_chat_handler(body)
+        return text + " and so on" * 40 if text.startswith("Answer ") else text
+
+    with FakeServer(chat_handler=rambling, model_name=("tiny", "tiny-b")) as server:
+        manifest, run = _run(tmp_path, server, db, embedder, max_states=40, samples=8, response_max_tokens=32)
+    failed = read_jsonl(run / "failed.jsonl")
+    f = manifest["funnel"]
+    assert f["paired"] > 0 and f["answered"] == f["kept"] == 0 and read_jsonl(run / "data.jsonl") == []
+    assert {r["stage"] for r in failed} == {"respond"} and len(failed) == 2 * f["paired"]
+    assert all("cut off at max_tokens=32" in r["reason"] for r in failed)

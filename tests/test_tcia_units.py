@@ -200,3 +200,53 @@ def test_choice_request_key_differs_by_choices():
     a = ChoiceRequest.of([{"role": "user", "content": "x"}])
     b = ChoiceRequest.of([{"role": "user", "content": "x"}], choices=("1", "2"))
     assert a.key_parts() != b.key_parts()
+
+
+def test_a_judge_not_answering_with_a_digit_is_a_failure(cache):
+    gen = CachedGenerator(Scripted(), cache)  # puts 0.9 of its probability on the digits
+    ctx, mat = [{"instruction": "Do X.", "base_query": "X"}], [[("instruction", "Do X.")]]
+    assert not isinstance(run_judge(gen, VALIDITY, "logprob", ctx, mat, min_mass=0.5)[0], GenError)
+    (failed,) = run_judge(gen, VALIDITY, "logprob", ctx, mat, min_mass=0.95)
+    assert isinstance(failed, GenError) and "0.900 of the probability" in failed.reason
+
+
+class NoLogprobs(Scripted):
+    """A server that answers chat but sends no log-probabilities."""
+
+    def choice_probs(self, requests, on_result=None):
+        return [GenError("the server returned no logprobs for the first token (does it support logprobs/top_logprobs?)")
+                for _ in requests]
+
+    def chat(self, requests, on_result=None):
+        return [ChatResult('{"validity": 4, "consistency": 5, "reason": "fine"}',
+                           data={"validity": 4, "consistency": 5, "reason": "fine"}) for _ in requests]
+
+
+def test_auto_judge_falls_back_to_text_without_logprobs(cache):
+    gen = CachedGenerator(NoLogprobs(), cache)
+    ctx, mat = [{"instruction": "Do X.", "base_query": "X"}], [[("instruction", "Do X.")]]
+    (j,) = run_judge(gen, VALIDITY, "auto", ctx, mat)
+    assert j.mode == "text" and j.scores == {"validity": 4.0, "consistency": 5.0}
+    (err,) = run_judge(gen, VALIDITY, "logprob", ctx, mat)  # asked for logprob explicitly: a failure
+    assert isinstance(err, GenError) and "no logprobs" in err.reason
+
+
+def test_decomposed_rows_pass_through_without_a_model(tmp_path):
+    from ontask.tcia.corpus import iter_decomposed
+
+    path = tmp_path / "d.jsonl"
+    rows = [{"instruction": "A", "is_complex": True, "languages": ["EN"],
+             "tasks": [{"task_type": "T", "base_query": "Q", "constraints": [{"text": "c", "category": "tone and style"}]}]},
+            {"task_type": "T2", "base_query": "Q2", "constraints": ["be brief"], "languages": "en"},
+            {"instruction": "B", "tasks": "not a list either"}]
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    (chunk,) = list(iter_decomposed(path, None))
+    assert chunk[0].result["tasks"][0]["constraints"][0]["category"] == "Style/Tone"
+    assert chunk[0].result["languages"] == ["en"]
+    assert chunk[1].result["tasks"][0]["constraints"] == [{"text": "be brief", "category": "Content"}]
+    assert chunk[1].result["languages"] == ["en"]
+    path.write_text(json.dumps(rows[2]) + "\n")
+    with pytest.raises(ValueError, match="need decomposing"):  # no decomposition and no model was given
+        list(iter_decomposed(path, None))

@@ -43,8 +43,11 @@ def _load(spec: str, base_url: str | None, concurrency: int = 64):
 
 
 def _decompose_to(input: Path, output: Path, decomposer: str | None, base_url: str | None, field: str | None,
-                  cache_path: Path | None, need_model: bool = True) -> tuple[list[Any], dict[str, Any]]:
-    """Decompose `input` into `output` (JSONL) + failed.jsonl beside it; returns rows and counts."""
+                  cache_path: Path | None, need_model: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Decompose `input` into `output` (JSONL) + `<stem>.failed.jsonl` beside it.
+
+    Returns every task found (task_type, base_query, constraints) and the counts; the rows
+    themselves stream through to `output` one chunk at a time."""
     from ..generation import CachedGenerator
     from ..io.writers import AtomicWriter
     from ..tcia.corpus import iter_decomposed
@@ -53,20 +56,26 @@ def _decompose_to(input: Path, output: Path, decomposer: str | None, base_url: s
     m._quiet_libraries()
     cache = _open_cache(cache_path)
     gen = CachedGenerator(_load(decomposer or "embedded", base_url), cache) if need_model else None
-    rows, failures = [], []
-    out_dir = output.parent
-    with stage_progress(m.console) as stage, AtomicWriter(output) as w, AtomicWriter(out_dir / "failed.jsonl") as fw:
+    tasks: list[dict[str, Any]] = []
+    n_rows = n_failed = 0
+    with stage_progress(m.console) as stage, AtomicWriter(output) as w, AtomicWriter(failed_path(output)) as fw:
         tick = stage("decompose", None)
         for chunk in iter_decomposed(input, gen, field=field, tick=tick):
             ok = [{**d.record, "_line": d.line, **d.result} for d in chunk if d.result is not None]
             bad = [{"file": d.file, "line": d.line, "stage": "decompose", "reason": d.failure} for d in chunk if d.failure]
             w.write(ok)
             fw.write(bad)
-            rows += chunk
-            failures += bad
-    counts = {"rows": len(rows), "decomposed": len(rows) - len(failures), "failed": len(failures),
+            tasks += [t for d in chunk if d.result for t in d.result["tasks"]]
+            n_rows += len(chunk)
+            n_failed += len(bad)
+    counts = {"rows": n_rows, "decomposed": n_rows - n_failed, "failed": n_failed,
               "calls": gen.stats.to_json() if gen else None}
-    return rows, counts
+    return tasks, counts
+
+
+def failed_path(output: Path) -> Path:
+    """Where the failures of `decompose -o OUT` go: OUT's stem + .failed.jsonl, beside it."""
+    return output.with_name(output.stem + ".failed.jsonl")
 
 
 def register(app: typer.Typer) -> None:
@@ -97,7 +106,7 @@ def decompose_cmd(
     except (InputError, ValueError, FileNotFoundError, RuntimeError) as err:
         m._fail(str(err))
     m.console.print(f"decomposed {counts['decomposed']} of {counts['rows']} rows, {counts['failed']} failed\n"
-                    f"output: {output}\nfailures: {output.parent / 'failed.jsonl'}")
+                    f"output: {output}\nfailures: {failed_path(output)}")
 
 
 @db_app.command("build", epilog="Examples:\n\n  ontask db build corpus.jsonl -o db/\n\n  ontask db build decomposed.jsonl -o db/ --eps 0.1")
@@ -139,17 +148,16 @@ def db_build_from(input: Path, output: Path, cache: Path | None, decomposer: str
     d = db.describe()
     m.console.print(f"database: {output}  " + ", ".join(f"{k}={d[k]}" for k in d if isinstance(d[k], (int, float, str))))
     if failed:
-        m.console.print(f"[yellow]{failed} rows could not be decomposed:[/] {output / 'failed.jsonl'}")
+        m.console.print(f"[yellow]{failed} rows could not be decomposed:[/] {failed_path(output / 'decomposed.jsonl')}")
     return db
 
 
 def _records_for_db(input: Path, output: Path, decomposer, base_url, cache) -> tuple[list[dict[str, Any]], int]:
     """Every (task type, base query, constraints) of the corpus, one record per task."""
-    rows, counts = _decompose_to(input, output / "decomposed.jsonl", decomposer, base_url, None, cache,
-                                 need_model=decomposer is not None or not _all_decomposed(input))
-    records = [t for d in rows if d.result for t in d.result["tasks"]]
+    records, counts = _decompose_to(input, output / "decomposed.jsonl", decomposer, base_url, None, cache,
+                                    need_model=decomposer is not None or not _all_decomposed(input))
     if not records:
-        raise ValueError(f"{input}: no row could be decomposed (see {output / 'failed.jsonl'})")
+        raise ValueError(f"{input}: no row could be decomposed (see {failed_path(output / 'decomposed.jsonl')})")
     return records, counts["failed"]
 
 
@@ -158,7 +166,7 @@ def _all_decomposed(input: Path) -> bool:
 
     for chunk in iter_records(input):
         for _, rec in chunk:
-            if not isinstance(rec, dict) or "task_type" not in rec:
+            if not isinstance(rec, dict) or ("task_type" not in rec and not isinstance(rec.get("tasks"), list)):
                 return False
     return True
 
@@ -207,8 +215,10 @@ def augment_cmd(
         m._fail("--inputs FILE is required: the real inputs of the task to pair instructions with")
     if cfg.db is None:
         m._fail("--db is required: build one with `ontask db build CORPUS -o DB`")
-    run_augment_cli(cfg, output, seed_text=seed_text, seeds_file=seeds, inputs_file=inputs,
-                    input_field=input_field, cache_path=cache)
+    manifest = run_augment_cli(cfg, output, seed_text=seed_text, seeds_file=seeds, inputs_file=inputs,
+                               input_field=input_field, cache_path=cache)
+    if manifest["outputs"]["rows"] == 0:
+        m._fail("no row was kept: see the funnel above and the reasons in instructions.jsonl / failed.jsonl", 1)
 
 
 def run_augment_cli(cfg, output: Path, *, seed_text: str | None, seeds_file: Path | None, inputs_file: Path,
@@ -268,13 +278,10 @@ def eval_decompose(
     decomposer: Optional[str] = typer.Option(None, help="Model to evaluate (default: embedded)."),
     base_url: Optional[str] = typer.Option(None),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the metrics (and per-row results) as JSON."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N rows."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N rows."),
     cache: Optional[Path] = typer.Option(None, help="Result cache file."),
 ) -> None:
     """Score a decomposer against gold decompositions: constraint count accuracy, base-query similarity."""
-    import itertools
-    import tempfile
-
     from ..embed import load_embedder
     from ..generation import CachedGenerator
     from ..tcia.corpus import evaluate, iter_decomposed
@@ -286,19 +293,16 @@ def eval_decompose(
     try:
         c = _open_cache(cache)
         gen = CachedGenerator(_load(decomposer or "embedded", base_url), c)
-        src = input
-        if limit:
-            tmp = Path(tempfile.mkdtemp()) / "head.jsonl"
-            from ..io.formats import iter_records
-
-            recs = itertools.islice((r for ch in iter_records(input) for _, r in ch), limit)
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in recs))
-            src = tmp
         rows = []
+        field = "prompt" if _has_field(input, "prompt") else None
+        size = min(64, limit) if limit else 64  # small chunks: --limit stops after the chunk that reaches it
         with stage_progress(m.console) as stage:
             tick = stage("decompose", limit)
-            for chunk in iter_decomposed(src, gen, field="prompt" if _has_field(src, "prompt") else None, tick=tick):
+            for chunk in iter_decomposed(input, gen, field=field, tick=tick, chunk_size=size):
                 rows += chunk
+                if limit and len(rows) >= limit:
+                    break
+        rows = rows[:limit] if limit else rows
         emb = load_embedder("embedded", cache=c)
         metrics = evaluate(rows, emb.embed, gold_count=_gold_count, gold_base=lambda r: r.get("base_query"))
     except KeyboardInterrupt:

@@ -73,6 +73,7 @@ class ChatResult:
     attempts: int = 1
     cached: bool = False
     repaired: bool = False  # the JSON needed repair (fences, trailing text, ...) before it validated
+    truncated: bool = False  # a free-text answer cut off at max_tokens (JSON answers never are: those fail)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ token usage.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from ..cache import ResultCache, cache_key
@@ -30,6 +30,7 @@ from .base import (
     OnChoice,
     Usage,
 )
+from .structured import StructuredError, parse_structured
 
 
 @dataclass
@@ -71,20 +72,37 @@ class CachedGenerator:
     # -- chat -------------------------------------------------------------------------
     def chat(self, requests: Sequence[ChatRequest], on_result: OnChat | None = None) -> list[ChatOutcome]:
         keys = [cache_key("chat", self.fingerprint, r.key_parts()) for r in requests]
-        return self._run(requests, keys, "chat", self.inner.chat, _chat_to_bytes, _chat_from_bytes, on_result)
+        by_key = {k: r for k, r in zip(keys, requests)}
+
+        def decode(key: str, blob: bytes) -> ChatResult | None:
+            """A stored answer, its JSON validated again by today's schema code (validators
+            such as category normalisation may have changed); None = no longer valid."""
+            result = _chat_from_bytes(blob)
+            model = by_key[key].response_model
+            if model is None:
+                return result
+            try:
+                data, repaired = parse_structured(result.text, model)
+            except StructuredError:
+                return None
+            return replace(result, data=data, repaired=repaired)
+
+        return self._run(requests, keys, "chat", self.inner.chat, _chat_to_bytes, decode, on_result)
 
     def choice_probs(self, requests: Sequence[ChoiceRequest], on_result: OnChoice | None = None) -> list[ChoiceOutcome]:
         keys = [cache_key("choice", self.fingerprint, r.key_parts()) for r in requests]
-        return self._run(requests, keys, "choice", self.inner.choice_probs, _choice_to_bytes, _choice_from_bytes, on_result)
+        return self._run(requests, keys, "choice", self.inner.choice_probs, _choice_to_bytes,
+                         lambda key, blob: _choice_from_bytes(blob), on_result)
 
     def _run(self, requests, keys, kind, call, encode, decode, on_result):
         self.stats.requests += len(requests)
         found = self.cache.get_many(keys) if self.cache else {}
         out: list[Any] = [None] * len(requests)
         waiting: dict[str, list[int]] = {}  # key -> every index asking for it
+        decoded = {key: decode(key, blob) for key, blob in found.items()}
         for i, key in enumerate(keys):
-            if key in found:
-                out[i] = decode(found[key])
+            if decoded.get(key) is not None:
+                out[i] = decoded[key]
                 self.stats.cached += 1
                 if on_result:
                     on_result(i, out[i])
@@ -119,13 +137,14 @@ class CachedGenerator:
 
 def _chat_to_bytes(r: ChatResult) -> bytes:
     return json.dumps({"text": r.text, "data": r.data, "usage": [r.usage.prompt_tokens, r.usage.completion_tokens],
-                       "attempts": r.attempts, "repaired": r.repaired}, ensure_ascii=False).encode()
+                       "attempts": r.attempts, "repaired": r.repaired, "truncated": r.truncated},
+                      ensure_ascii=False).encode()
 
 
 def _chat_from_bytes(b: bytes) -> ChatResult:
     d = json.loads(b)
     return ChatResult(text=d["text"], data=d["data"], usage=Usage(*d["usage"]), attempts=d["attempts"],
-                      cached=True, repaired=d.get("repaired", False))
+                      cached=True, repaired=d.get("repaired", False), truncated=d.get("truncated", False))
 
 
 def _choice_to_bytes(r: ChoiceResult) -> bytes:

@@ -275,7 +275,7 @@ class HFGenerator:
         if req.response_model is None:
             if not text.strip():
                 return GenError("empty answer", usage=usage)
-            return ChatResult(text, usage=usage)
+            return ChatResult(text, usage=usage, truncated=not natural_stop)
         try:
             data, repaired = parse_structured(text, req.response_model)
         except StructuredError as exc:

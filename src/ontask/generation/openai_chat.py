@@ -207,7 +207,8 @@ class OpenAIChatGenerator:
             if not reply.content or not reply.content.strip():
                 return GenError(f"the server returned an empty answer (finish_reason {reply.finish_reason})",
                                 tally.attempts, tally.usage())
-            return ChatResult(reply.content, usage=tally.usage(), attempts=tally.attempts)
+            return ChatResult(reply.content, usage=tally.usage(), attempts=tally.attempts,
+                              truncated=reply.finish_reason == "length")
         messages = list(req.messages)
         problem = ""
         for _ in range(self.max_reasks + 1):

@@ -84,6 +84,8 @@ def compose_and_verify(composer: Generator, verifier: Generator, states: Sequenc
             text = None if isinstance(r, GenError) else clean_instruction(r.text)
             if isinstance(r, GenError):
                 out[i].failure = ("compose", r.reason)
+            elif r.truncated:
+                out[i].failure = ("compose", f"the instruction was cut off at max_tokens={max_tokens}: {text[-80:]!r}")
             elif not text:
                 out[i].failure = ("compose", "the composer returned only whitespace or quotes")
             else:
@@ -96,10 +98,10 @@ def compose_and_verify(composer: Generator, verifier: Generator, states: Sequenc
                 out[i].failure = ("verify", r.reason)
                 continue
             out[i].problems = missing_constraints(states[i], r.data)
-            if out[i].problems:
+            if out[i].problems and round_ < max_refinements:
                 pending.append(i)
             else:
-                out[i].verified = True
-        if tick:
-            tick(len(to_verify))
+                out[i].verified = not out[i].problems
+        if tick:  # one tick per state whose fate is settled this round
+            tick(len(reqs) - len(pending))
     return out

@@ -31,8 +31,8 @@ class AugmentConfig(BaseModel):
     db: Path | None = Field(None, description="constraint database folder (ontask db build)")
 
     # step 3: search
-    hops: int = Field(3, ge=1)
-    per_op: int = Field(10, ge=1, description="m: draws per operation per expanded state")
+    hops: int = Field(3, ge=1, le=100)
+    per_op: int = Field(10, ge=1, le=10_000, description="m: draws per operation per expanded state")
     max_states: int = Field(2700, ge=1, description="K: stop after this many unique states")
     samples: int = Field(2000, ge=1, description="k: states kept for writing")
     near_duplicate: float = Field(0.95, gt=0, le=1)
@@ -44,6 +44,7 @@ class AugmentConfig(BaseModel):
 
     # step 5: validate, pair
     judge_mode: str = "auto"
+    min_choice_mass: float = Field(0.5, ge=0, le=1, description="logprob judges: least probability on the digits")
     min_validity: float = Field(4.0, ge=0, le=5)
     min_consistency: float = Field(4.0, ge=0, le=5)
     inputs_per_instruction: int = Field(5, ge=1)

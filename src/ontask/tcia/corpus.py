@@ -19,6 +19,7 @@ from ..generation import GenError, Generator
 from ..io.formats import iter_records
 from ..records import Failure
 from .decompose import decompose
+from .schemas import Decomposition
 from .sources import SEED_FIELDS, state_from_record
 
 
@@ -35,7 +36,7 @@ class Decomposed:
 
 
 def iter_decomposed(path: str | Path, gen: Generator | None, *, field: str | None = None, chunk_size: int = 256,
-                    max_tokens: int = 768, tick: Callable[[int], None] | None = None) -> Iterator[list[Decomposed]]:
+                    max_tokens: int = 640, tick: Callable[[int], None] | None = None) -> Iterator[list[Decomposed]]:
     """Yield chunks of decomposed rows. Rows that already carry a decomposition are passed through
     (no model call); `gen` may be None when every row does."""
     names = (field,) if field else SEED_FIELDS
@@ -47,6 +48,14 @@ def iter_decomposed(path: str | Path, gen: Generator | None, *, field: str | Non
                 continue
             text = next((rec[k] for k in names if isinstance(rec.get(k), str) and rec[k].strip()), None)
             item = Decomposed(loc.file, loc.line, rec, text)
+            if isinstance(rec.get("tasks"), list):  # already decomposed (e.g. by `ontask decompose`)
+                try:
+                    item.result = Decomposition.model_validate(
+                        {k: rec.get(k) for k in ("is_complex", "languages", "tasks")}).model_dump(mode="json")
+                except ValueError as err:
+                    item.failure = f"{loc}: field 'tasks': not a valid decomposition: {str(err).splitlines()[0]}"
+                out.append(item)
+                continue
             try:
                 given = state_from_record(rec, loc)
             except ValueError as err:  # InputError: a malformed decomposition in the row
@@ -83,12 +92,13 @@ def evaluate(rows: list[Decomposed], embed: Callable[[list[str]], np.ndarray], *
              gold_count: Callable[[dict[str, Any]], int | None], gold_base: Callable[[dict[str, Any]], str | None]) -> dict[str, Any]:
     """Constraint-count accuracy and base-query similarity over rows with gold labels.
 
-    A failed row counts as wrong (accuracy is over all rows, not just the parsed ones);
+    A failed row counts as wrong (accuracy is over every row with a gold count, parsed or not);
     similarity is the cosine of the embeddings of the predicted base query (first task)
     and the gold one.
     """
     n = len(rows)
     ok = [r for r in rows if r.result is not None]
+    with_gold = sum(1 for r in rows if gold_count(r.record) is not None)
     exact = within1 = 0
     abs_err: list[int] = []
     pairs: list[tuple[str, str]] = []
@@ -108,9 +118,9 @@ def evaluate(rows: list[Decomposed], embed: Callable[[list[str]], np.ndarray], *
         b = embed([g for _, g in pairs])
         sims = [float(x) for x in np.einsum("ij,ij->i", a, b)]
     return {
-        "rows": n, "schema_valid": len(ok), "failed": n - len(ok),
-        "count_accuracy": exact / n if n else None,
-        "count_within_1": within1 / n if n else None,
+        "rows": n, "schema_valid": len(ok), "failed": n - len(ok), "rows_with_gold_count": with_gold,
+        "count_accuracy": exact / with_gold if with_gold else None,  # a failed row counts as wrong
+        "count_within_1": within1 / with_gold if with_gold else None,
         "count_mae_parsed": float(np.mean(abs_err)) if abs_err else None,
         "base_query_similarity_mean": float(np.mean(sims)) if sims else None,
         "base_query_similarity_median": float(np.median(sims)) if sims else None,

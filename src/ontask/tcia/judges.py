@@ -58,20 +58,51 @@ def resolve_mode(mode: str, gen: Generator) -> str:
 
 
 def run_judge(gen: Generator, spec: JudgeSpec, mode: str, contexts: Sequence[dict[str, Any]],
-              materials: Sequence[list[tuple[str, str]]], *, max_tokens: int = 256,
+              materials: Sequence[list[tuple[str, str]]], *, max_tokens: int = 256, min_mass: float = 0.0,
               on_done: Any = None) -> list[Judged | GenError]:
-    """Judge every item; `contexts` fill the templates, `materials` are the tagged texts shown."""
-    mode = resolve_mode(mode, gen)
-    if mode == "text":
-        reqs = [ChatRequest.of(messages(spec.template, **ctx), response_model=spec.model, max_tokens=max_tokens)
-                for ctx in contexts]
-        out: list[Judged | GenError] = []
-        for r in gen.chat(reqs, on_result=on_done):
-            if isinstance(r, GenError):
-                out.append(r)
-            else:
-                out.append(Judged({d: float(r.data[d]) for d in spec.dims}, "text", r.data.get("reason")))
-        return out
+    """Judge every item; `contexts` fill the templates, `materials` are the tagged texts shown.
+
+    In "logprob" mode an item whose digits got less than `min_mass` of the next-token
+    probability is a failure (the model was not answering with a score; renormalising
+    noise would make one up). In "auto" mode, items that failed because the server sends
+    no log-probabilities are asked again as text judges.
+    """
+    resolved = resolve_mode(mode, gen)
+    if resolved == "logprob":
+        out = _logprob_judge(gen, spec, contexts, materials, min_mass)
+        if mode == "auto":
+            retry = [i for i, r in enumerate(out) if isinstance(r, GenError) and _no_logprobs(r)]
+            if retry:
+                again = _text_judge(gen, spec, [contexts[i] for i in retry], max_tokens)
+                for i, r in zip(retry, again):
+                    out[i] = r
+    else:
+        out = _text_judge(gen, spec, contexts, max_tokens)
+    if on_done:
+        for i, r in enumerate(out):
+            on_done(i, r)
+    return out
+
+
+def _no_logprobs(err: GenError) -> bool:
+    """The server answered but sent no log-probabilities (openai_chat's reason for it)."""
+    return "returned no logprobs" in err.reason
+
+
+def _text_judge(gen: Generator, spec: JudgeSpec, contexts: Sequence[dict[str, Any]], max_tokens: int) -> list[Judged | GenError]:
+    reqs = [ChatRequest.of(messages(spec.template, **ctx), response_model=spec.model, max_tokens=max_tokens)
+            for ctx in contexts]
+    out: list[Judged | GenError] = []
+    for r in gen.chat(reqs):
+        if isinstance(r, GenError):
+            out.append(r)
+        else:
+            out.append(Judged({d: float(r.data[d]) for d in spec.dims}, "text", r.data.get("reason")))
+    return out
+
+
+def _logprob_judge(gen: Generator, spec: JudgeSpec, contexts: Sequence[dict[str, Any]],
+                   materials: Sequence[list[tuple[str, str]]], min_mass: float) -> list[Judged | GenError]:
     dims = spec.dims
     reqs = [ChoiceRequest.of(messages("judge_dimension", question=spec.questions[d].format(**ctx), material=mat))
             for ctx, mat in zip(contexts, materials) for d in dims]
@@ -79,12 +110,12 @@ def run_judge(gen: Generator, spec: JudgeSpec, mode: str, contexts: Sequence[dic
     out = []
     for i in range(len(contexts)):
         parts = flat[i * len(dims):(i + 1) * len(dims)]
-        errors = [(d, p) for d, p in zip(dims, parts) if isinstance(p, GenError)]
+        errors = [(d, p.reason) for d, p in zip(dims, parts) if isinstance(p, GenError)]
+        errors += [(d, f"the score digits got {p.mass:.3f} of the probability (min {min_mass}): not an answer")
+                   for d, p in zip(dims, parts) if not isinstance(p, GenError) and p.mass < min_mass]
         if errors:
-            out.append(GenError("; ".join(f"{d}: {p.reason}" for d, p in errors)))
+            out.append(GenError("; ".join(f"{d}: {why}" for d, why in errors)))
         else:
             out.append(Judged({d: p.expected() for d, p in zip(dims, parts)}, "logprob",
                               mass=min(p.mass for p in parts)))
-        if on_done:
-            on_done(i, out[-1])
     return out

@@ -4,8 +4,10 @@ Each stage sends all of its calls at once (the backends batch or run them concur
 and every answer lands in the content-addressed cache the moment it arrives, so the
 cache is the resume log: a killed run, started again, replays its answered calls from
 the cache and only pays for the rest. All randomness is seeded by the run seed and the
-content it concerns (seed index, state hash), never by arrival order, so a resumed run
-writes exactly what an uninterrupted one would.
+content it concerns (the seed state, each state's hash), never by arrival order, so a
+resumed run writes what an uninterrupted one would (exactly so with server models and
+the test suite's checks; a local model on a GPU may differ in the last bits when the
+remaining prompts are batched differently).
 
 Outputs, all written atomically at the end (a failed run leaves the previous outputs):
 - data.jsonl: one row per kept (instruction, input, response), with judge scores and
@@ -18,6 +20,7 @@ Outputs, all written atomically at the end (a failed run leaves the previous out
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..backends.openai_server import _public_url
 from ..cache import ResultCache
 from ..generation import CachedGenerator, GenError, Generator, load_generator
 from ..io.writers import AtomicWriter, write_json_atomic
@@ -123,7 +127,7 @@ def run_augment(seeds: Sequence[Seed], inputs: Sequence[str], cfg: AugmentConfig
     search_counts: list[dict[str, Any]] = []
     tick = stage("search", len(seed_states))
     for idx, state in seed_states.items():
-        result = explore(state, db, embedder.embed, _search_config(cfg, idx))
+        result = explore(state, db, embedder.embed, _search_config(cfg, state))
         sampled = {n.state_hash for n in result.sampled}
         for node in result.nodes:
             item = Item(idx, node)
@@ -159,7 +163,7 @@ def run_augment(seeds: Sequence[Seed], inputs: Sequence[str], cfg: AugmentConfig
     s = time.perf_counter()
     tick = stage("validate", len(verified))
     judged = judge_validity(roles["judge"], cfg.judge_mode, [it.instruction for it in verified],
-                            [it.node.state.base_query for it in verified])
+                            [it.node.state.base_query for it in verified], min_mass=cfg.min_choice_mass)
     tick(len(verified))
     for it, j in zip(verified, judged):
         if isinstance(j, GenError):
@@ -193,7 +197,13 @@ def run_augment(seeds: Sequence[Seed], inputs: Sequence[str], cfg: AugmentConfig
 
 # -- stages ------------------------------------------------------------------------------
 def _decompose_seeds(seeds, decomposer, failures, stage) -> dict[int, InstructionState]:
-    states = {i: s.state for i, s in enumerate(seeds) if s.state is not None}
+    states = {}
+    for i, s in enumerate(seeds):
+        if s.state is not None and not s.state.constraints:
+            failures.append({"stage": "seed", "seed": i, "source": s.source, "model": None,
+                             "reason": "the seed has no constraints: nothing to edit"})
+        elif s.state is not None:
+            states[i] = s.state
     todo = [i for i, s in enumerate(seeds) if s.state is None]
     tick = stage("decompose", len(todo))
     results = decompose(decomposer, [seeds[i].instruction for i in todo], seed=True, on_done=lambda j, r: tick(1))
@@ -225,9 +235,12 @@ def _drop_duplicate_texts(items: list[Item]) -> None:
             first[key] = it.node.state_hash
 
 
-def _search_config(cfg: AugmentConfig, seed_index: int) -> SearchConfig:
+def _search_config(cfg: AugmentConfig, seed_state: InstructionState) -> SearchConfig:
+    """The search's RNG seed comes from the run seed and the seed state itself, so adding a
+    seed to the file does not change the searches of the others."""
+    rng_seed = int(hashlib.sha256(f"{cfg.seed}:{seed_state.state_hash}".encode()).hexdigest()[:12], 16)
     return SearchConfig(hops=cfg.hops, per_op=cfg.per_op, max_states=cfg.max_states, samples=cfg.samples,
-                        seed=cfg.seed * 1_000_003 + seed_index, near_duplicate=cfg.near_duplicate)
+                        seed=rng_seed, near_duplicate=cfg.near_duplicate)
 
 
 def _judge_on_task(verified: list[Item], seed_states, roles, embedder, cfg, failures, stage) -> None:
@@ -236,7 +249,8 @@ def _judge_on_task(verified: list[Item], seed_states, roles, embedder, cfg, fail
     tick = stage("on-task", len(verified))
     contexts = [{"instruction": it.instruction, "task_type": seed_states[it.seed_index].task_type,
                  "base_query": seed_states[it.seed_index].base_query} for it in verified]
-    judged = run_judge(roles["judge"], ON_TASK, cfg.judge_mode, contexts, [[("instruction", it.instruction)] for it in verified])
+    judged = run_judge(roles["judge"], ON_TASK, cfg.judge_mode, contexts, [[("instruction", it.instruction)] for it in verified],
+                       min_mass=cfg.min_choice_mass)
     redecomposed = (decompose(roles["decomposer"], [it.instruction for it in verified]) if cfg.on_task_decompose
                     else [None] * len(verified))
     tick(len(verified))
@@ -267,8 +281,9 @@ def _respond(valid: list[Item], inputs: Sequence[str], cfg: AugmentConfig, roles
     texts = [(it.instruction, inputs[j]) for it, j in pairs]
     responders = [(i, roles[f"responder_{i}"]) for i in range(len(cfg.responders))]
     tick = stage("respond", len(pairs) * len(responders))
+    # each responder its own seed: one model listed twice at temperature > 0 gives two samples
     answers = {i: answer(g, texts, max_tokens=cfg.response_max_tokens, temperature=cfg.response_temperature,
-                         seed=cfg.seed, tick=tick) for i, g in responders}
+                         seed=cfg.seed * 1_000 + i, tick=tick) for i, g in responders}
     # judge every answer that exists, in one batch
     todo: list[tuple[int, int]] = []  # (pair index, responder index)
     for p, (it, j) in enumerate(pairs):
@@ -276,11 +291,14 @@ def _respond(valid: list[Item], inputs: Sequence[str], cfg: AugmentConfig, roles
             r = answers[i][p]
             if isinstance(r, GenError):
                 failures.append(_failure("respond", it, r.reason, g.name, input_index=j))
+            elif r.truncated:  # half an answer is not a training row
+                failures.append(_failure("respond", it, f"the answer was cut off at max_tokens={cfg.response_max_tokens}",
+                                         g.name, input_index=j))
             else:
                 todo.append((p, i))
     tick = stage("judge answers", len(todo))
     verdicts = judge_answers(roles["judge"], cfg.judge_mode,
-                             [(texts[p][0], texts[p][1], answers[i][p].text) for p, i in todo])
+                             [(texts[p][0], texts[p][1], answers[i][p].text) for p, i in todo], min_mass=cfg.min_choice_mass)
     tick(len(todo))
     by_pair: dict[int, list[tuple[int, Judged]]] = {}
     for (p, i), v in zip(todo, verdicts):
@@ -322,6 +340,7 @@ def _data_row(row: dict[str, Any], inputs: Sequence[str], cfg: AugmentConfig, se
         **{f"judge_{d}": round(x, 4) for d, x in v.scores.items()},
         "judge_mean": round(v.mean, 4),
         "judge_mode": v.mode,
+        "judge_mass": None if v.mass is None else round(v.mass, 4),
         "candidates": [{"model": cfg.responders[k], "judge_mean": round(m, 4)} for k, m in row["candidates"]],
         "validity": round(it.validity.scores["validity"], 4),
         "consistency": round(it.validity.scores["consistency"], 4),
@@ -342,6 +361,7 @@ def _instruction_row(it: Item) -> dict[str, Any]:
         "seed": it.seed_index, "hop": it.node.hop, "state_hash": it.node.state_hash, "parent": it.node.parent,
         "status": it.status, "reason": it.reason, "instruction": it.instruction, "rounds": it.rounds,
         "validity": None if it.validity is None else {k: round(x, 4) for k, x in it.validity.scores.items()},
+        "validity_mass": None if it.validity is None or it.validity.mass is None else round(it.validity.mass, 4),
         "on_task": it.on_task, "on_task_judge": it.on_task_judge,
         "on_task_similarity": None if it.on_task_similarity is None else round(it.on_task_similarity, 4),
         "pairs": it.pairs, "kept_rows": it.kept_rows,
@@ -349,7 +369,7 @@ def _instruction_row(it: Item) -> dict[str, Any]:
     }
 
 
-def _funnel(items: list[Item], rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _funnel(items: list[Item], rows: list[dict[str, Any]], n_seeds: int, seeds_used: int) -> dict[str, Any]:
     count = lambda *st: sum(1 for it in items if it.status in st)  # noqa: E731
     sampled = len(items) - count("not_sampled")
     composed = sampled - count("compose_failed")
@@ -360,6 +380,7 @@ def _funnel(items: list[Item], rows: list[dict[str, Any]]) -> dict[str, Any]:
     answered = sum(1 for r in rows if r["_status"] != "unanswered")
     kept = sum(1 for r in rows if r["_status"] == "kept")
     return {
+        "seeds": n_seeds, "seeds_used": seeds_used,
         "states_explored": len(items), "sampled": sampled, "composed": composed, "verified": verified,
         "unique": unique, "valid": valid, "paired": paired, "answered": answered, "kept": kept,
         "drops": {
@@ -378,7 +399,7 @@ def _manifest(cfg, seeds, seed_states, items, rows, failures, search_counts, rol
     div_kept = per_hop([it.node.hop for it in kept_items], embedder.embed([it.instruction for it in kept_items])) if kept_items else {}
     return {
         "command": "augment",
-        "config": cfg.model_dump(mode="json"),
+        "config": {**cfg.model_dump(mode="json"), "base_url": _public_url(cfg.base_url) if cfg.base_url else None},
         "versions": versions(),
         "templates": templates_digest(),
         "models": roles.describe(),
@@ -387,9 +408,12 @@ def _manifest(cfg, seeds, seed_states, items, rows, failures, search_counts, rol
         "database": db.describe() if hasattr(db, "describe") else None,
         "seeds": [{"index": i, "source": s.source, "instruction": s.instruction,
                    "state": seed_states[i].to_json() if i in seed_states else None} for i, s in enumerate(seeds)],
-        "funnel": _funnel(items, rows),
+        "funnel": _funnel(items, rows, len(seeds), len(seed_states)),
         "search": search_counts,
-        "diversity": {"verified": div_written, "valid": div_kept},
+        "diversity": {"verified": div_written, "valid": div_kept, "valid_by_seed": {
+            str(i): per_hop([it.node.hop for it in kept_items if it.seed_index == i],
+                            embedder.embed([it.instruction for it in kept_items if it.seed_index == i]))
+            for i in sorted({it.seed_index for it in kept_items})} if len(seed_states) > 1 else None},
         "on_task": ratio_per_hop([it.node.hop for it in written], [it.on_task for it in written]) if cfg.on_task else None,
         "failures": len(failures),
         "timings_s": {**timings, "total": round(time.perf_counter() - t0, 3)},

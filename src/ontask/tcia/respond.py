@@ -32,11 +32,12 @@ def answer(responder: Generator, pairs: Sequence[tuple[str, str]], *, max_tokens
     return responder.chat(reqs, on_result=(lambda i, r: tick(1)) if tick else None)
 
 
-def judge_answers(judge: Generator, mode: str, items: Sequence[tuple[str, str, str]]) -> list[Judged | GenError]:
+def judge_answers(judge: Generator, mode: str, items: Sequence[tuple[str, str, str]], *,
+                  min_mass: float = 0.0) -> list[Judged | GenError]:
     """items: (instruction, input, response)."""
     contexts = [{"instruction": i, "input": x, "response": r} for i, x, r in items]
     materials = [[("instruction", i), ("input", x), ("answer", r)] for i, x, r in items]
-    return run_judge(judge, RESPONSE, mode, contexts, materials)
+    return run_judge(judge, RESPONSE, mode, contexts, materials, min_mass=min_mass)
 
 
 def best_answer(candidates: Sequence[tuple[int, Judged]]) -> tuple[int, Judged] | None:

@@ -17,15 +17,23 @@ from .state import Category, Constraint, InstructionState, normalise_category
 Score = Annotated[int, Field(ge=1, le=5)]
 
 
+def _language_code(v: object) -> object:
+    """"EN", "en-US", "en_GB" -> "en" (ISO 639-1 primary subtag); anything else is left to the pattern."""
+    return v.strip().replace("_", "-").split("-")[0].lower() if isinstance(v, str) else v
+
+
+Language = Annotated[str, BeforeValidator(_language_code), Field(pattern=r"^[a-z]{2}$")]
+
+
 class ConstraintItem(BaseModel):
-    text: str = Field(min_length=1, max_length=200)
+    text: str = Field(min_length=1, max_length=150)
     category: Annotated[Category, BeforeValidator(lambda v: normalise_category(v) if isinstance(v, str) else v)]
 
 
 class TaskItem(BaseModel):
     task_type: str = Field(min_length=1, max_length=80, description="short name of the kind of task")
-    base_query: str = Field(min_length=1, max_length=400, description="the goal with every constraint removed")
-    constraints: list[ConstraintItem] = Field(max_length=8)
+    base_query: str = Field(min_length=1, max_length=300, description="the goal with every constraint removed")
+    constraints: list[ConstraintItem] = Field(max_length=6)
 
     def state(self, languages: list[str]) -> InstructionState:
         return InstructionState.make(self.task_type, self.base_query,
@@ -36,7 +44,7 @@ class Decomposition(BaseModel):
     """Step 1: any instruction -> one or more (task type, base query, constraints)."""
 
     is_complex: bool = Field(description="true when the instruction has explicit constraints")
-    languages: list[Annotated[str, Field(pattern=r"^[a-z]{2}$")]] = Field(min_length=1, max_length=3)
+    languages: list[Language] = Field(min_length=1, max_length=3)
     tasks: list[TaskItem] = Field(min_length=1, max_length=3)
 
 
@@ -44,7 +52,7 @@ class SeedDecomposition(BaseModel):
     """Step 1 for a seed: exactly one task (tcia.md: a seed task yields exactly one (T, Q, C))."""
 
     is_complex: bool
-    languages: list[Annotated[str, Field(pattern=r"^[a-z]{2}$")]] = Field(min_length=1, max_length=3)
+    languages: list[Language] = Field(min_length=1, max_length=3)
     tasks: list[TaskItem] = Field(min_length=1, max_length=1)
 
 

@@ -62,6 +62,11 @@ def state_from_record(rec: dict[str, Any], loc) -> InstructionState | None:
             raise InputError(loc.file, str(err), line=loc.line, field=f"{where}.category") from None
         cons.append(Constraint(c["text"].strip(), cat))
     langs = rec.get("languages") or ["en"]
+    if isinstance(langs, str):
+        langs = [langs]
+    if not isinstance(langs, list) or not all(isinstance(x, str) and x.strip() for x in langs):
+        raise InputError(loc.file, "'languages' must be a list of ISO 639-1 codes", line=loc.line, field="languages")
+    langs = [x.strip().replace("_", "-").split("-")[0].lower() for x in langs]
     return InstructionState.make(rec["task_type"], rec["base_query"], cons, langs)
 
 

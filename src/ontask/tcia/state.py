@@ -49,6 +49,10 @@ def normalise_category(raw: str) -> str:
     for alias, cat in _ALIASES.items():
         if compact == alias.replace(" ", ""):
             return cat
+    words = {w for w in re.split(r"[\s/,]+|\band\b", text) if w}  # "tone and style", "style, tone"
+    hits = {_ALIASES[w] for w in words if w in _ALIASES}
+    if len(hits) == 1:
+        return hits.pop()
     raise ValueError(f"unknown constraint category '{raw}' (expected one of {', '.join(CATEGORIES)})")
 
 

@@ -23,9 +23,10 @@ VALIDITY = JudgeSpec("validate", Validity, {
 })
 
 
-def judge_validity(judge: Generator, mode: str, instructions: Sequence[str], base_queries: Sequence[str]) -> list[Judged | GenError]:
+def judge_validity(judge: Generator, mode: str, instructions: Sequence[str], base_queries: Sequence[str], *,
+                   min_mass: float = 0.0) -> list[Judged | GenError]:
     contexts = [{"instruction": t, "base_query": q} for t, q in zip(instructions, base_queries)]
-    return run_judge(judge, VALIDITY, mode, contexts, [[("instruction", t)] for t in instructions])
+    return run_judge(judge, VALIDITY, mode, contexts, [[("instruction", t)] for t in instructions], min_mass=min_mass)
 
 
 def is_valid(judged: Judged, min_validity: float, min_consistency: float) -> bool:

@@ -71,5 +71,5 @@ def _decompose(user: str) -> dict[str, Any]:
     parts = [p.strip() for s in rest for p in re.split(r",\s*(?:and\s+)?|\s+and\s+", s.rstrip(".")) if p.strip()]
     cats = ("Content", "Format", "Numerical", "Style/Tone")
     return {"is_complex": bool(parts), "languages": ["en"],
-            "tasks": [{"task_type": "Customer support reply", "base_query": base[:400],
-                       "constraints": [{"text": p[:200], "category": cats[_h(p) % 4]} for p in parts[:8]]}]}
+            "tasks": [{"task_type": "Customer support reply", "base_query": base[:300],
+                       "constraints": [{"text": p[:150], "category": cats[_h(p) % 4]} for p in parts[:6]]}]}
