@@ -154,6 +154,7 @@ def _augment_cmd(run: Path, cache: Path, db: Path, url: str) -> list[str]:
     return [sys.executable, "-m", "ontask.cli.main", "augment", "--seed", SEED, "--inputs", str(DATA / "demo_inputs.jsonl"),
             "--db", str(db), "-o", str(run), "--cache", str(cache), "--base-url", url, "--concurrency", "4",
             "--max-states", "40", "--samples", "12", "--inputs-per-instruction", "2", "--hops", "2", "--per-op", "3",
+            "--min-validity", "3", "--min-consistency", "3",
             *[x for role in ("decomposer", "composer", "verifier", "judge", "responders") for x in (f"--{role}", "openai:tiny")]]
 
 
@@ -183,6 +184,7 @@ def test_kill_9_then_resume_pays_for_nothing_twice(tmp_path, db):
         subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
     finally:
         server.kill()
+    assert len(read_jsonl(tmp_path / "ref" / "data.jsonl")) >= 8  # a real run, not two empty files
     assert (tmp_path / "run" / "data.jsonl").read_bytes() == (tmp_path / "ref" / "data.jsonl").read_bytes()
     assert (tmp_path / "run" / "instructions.jsonl").read_bytes() == (tmp_path / "ref" / "instructions.jsonl").read_bytes()
     answered = Counter(json.dumps(r["body"], sort_keys=True) for r in read_jsonl(log) if r["status"] == 200)

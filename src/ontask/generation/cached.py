@@ -57,6 +57,7 @@ class CachedGenerator:
         self.inner, self.cache = inner, cache
         self.name = inner.name
         self.stats = CallStats()
+        self.batches: list[int] = []  # calls sent per chat()/choice_probs() call, in order
 
     @property
     def fingerprint(self) -> str:
@@ -113,6 +114,7 @@ class CachedGenerator:
         todo_keys = list(waiting)
         todo = [requests[waiting[k][0]] for k in todo_keys]
         self.stats.sent += len(todo)
+        self.batches.append(len(todo))
 
         def arrived(j: int, outcome: Any) -> None:
             key = todo_keys[j]

@@ -135,7 +135,7 @@ def run_augment(seeds: Sequence[Seed], inputs: Sequence[str], cfg: AugmentConfig
                 item.status, item.reason = "not_sampled", f"not among the {cfg.samples} sampled states"
             items.append(item)
         search_counts.append({"seed": idx, "states": len(result.nodes), "sampled": len(result.sampled),
-                              **{k: v for k, v in result.counts.items()}})
+                              **result.counts.to_json()})
         tick(1)
     lap("search", s)
     live = [it for it in items if it.status == "sampled"]
