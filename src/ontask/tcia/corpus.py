@@ -36,7 +36,7 @@ class Decomposed:
 
 
 def iter_decomposed(path: str | Path, gen: Generator | None, *, field: str | None = None, chunk_size: int = 256,
-                    max_tokens: int = 640, tick: Callable[[int], None] | None = None) -> Iterator[list[Decomposed]]:
+                    max_tokens: int = 384, tick: Callable[[int], None] | None = None) -> Iterator[list[Decomposed]]:
     """Yield chunks of decomposed rows. Rows that already carry a decomposition are passed through
     (no model call); `gen` may be None when every row does."""
     names = (field,) if field else SEED_FIELDS

@@ -15,12 +15,12 @@ from .schemas import Decomposition, SeedDecomposition, TaskItem
 from .state import InstructionState
 
 
-def decompose_request(instruction: str, *, seed: bool = False, max_tokens: int = 640) -> ChatRequest:
+def decompose_request(instruction: str, *, seed: bool = False, max_tokens: int = 384) -> ChatRequest:
     return ChatRequest.of(messages("decompose", instruction=instruction, seed=seed),
                           response_model=SeedDecomposition if seed else Decomposition, max_tokens=max_tokens)
 
 
-def decompose(gen: Generator, instructions: Sequence[str], *, seed: bool = False, max_tokens: int = 640,
+def decompose(gen: Generator, instructions: Sequence[str], *, seed: bool = False, max_tokens: int = 384,
               on_done: Any = None) -> list[dict[str, Any] | GenError]:
     """Validated decomposition dicts (categories normalised) or GenErrors, aligned with the input."""
     reqs = [decompose_request(text, seed=seed, max_tokens=max_tokens) for text in instructions]
