@@ -6,10 +6,11 @@ call goes through the result cache, so rerunning an interrupted command resumes 
 
 from __future__ import annotations
 
-import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
+import click
 import typer
 from pydantic import ValidationError
 from rich.table import Table
@@ -26,6 +27,19 @@ def _main():  # late import: main.py registers these commands
     from . import main
 
     return main
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """Errors users can act on become one red line (and exit 2); Ctrl-C says how to resume."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _main()._fail("interrupted; run the same command again to resume (answered calls are cached)", 130)
+    except (InputError, ValueError, FileNotFoundError, RuntimeError) as err:
+        if isinstance(err, (typer.Exit, click.exceptions.Exit)):
+            raise
+        _main()._fail(str(err))
 
 
 def _open_cache(path: Path | None):
@@ -99,12 +113,8 @@ def decompose_cmd(
     m = _main()
     if not input.exists():
         m._fail(f"{input}: no such file or folder")
-    try:
+    with _reported():
         _, counts = _decompose_to(input, output, decomposer, base_url, field, cache)
-    except KeyboardInterrupt:
-        m._fail("interrupted; run the same command again to resume (answered calls are cached)", 130)
-    except (InputError, ValueError, FileNotFoundError, RuntimeError) as err:
-        m._fail(str(err))
     m.console.print(f"decomposed {counts['decomposed']} of {counts['rows']} rows, {counts['failed']} failed\n"
                     f"output: {output}\nfailures: {failed_path(output)}")
 
@@ -124,12 +134,8 @@ def db_build(
     m = _main()
     if not input.exists():
         m._fail(f"{input}: no such file or folder")
-    try:
+    with _reported():
         db_build_from(input, output, cache, decomposer, base_url, embedder, eps, min_samples)
-    except KeyboardInterrupt:
-        m._fail("interrupted; run the same command again to resume (answered calls are cached)", 130)
-    except (InputError, ValueError, FileNotFoundError, RuntimeError) as err:
-        m._fail(str(err))
 
 
 def db_build_from(input: Path, output: Path, cache: Path | None, decomposer: str | None = None,
@@ -230,7 +236,7 @@ def run_augment_cli(cfg, output: Path, *, seed_text: str | None, seeds_file: Pat
 
     m = _main()
     m._quiet_libraries()
-    try:
+    with _reported():
         seeds = [Seed(seed_text, source="--seed")] if seed_text else read_seeds(seeds_file)
         pool = read_inputs(inputs_file, input_field)
         cache = _open_cache(cache_path)
@@ -241,10 +247,6 @@ def run_augment_cli(cfg, output: Path, *, seed_text: str | None, seeds_file: Pat
             roles = Roles(cfg, cache)
         with stage_progress(m.console) as stage:
             manifest = run_augment(seeds, pool, cfg, output, db=db, embedder=emb, roles=roles, progress=stage)
-    except KeyboardInterrupt:
-        m._fail("interrupted; run the same command again to resume (answered calls are cached)", 130)
-    except (InputError, ValueError, FileNotFoundError, RuntimeError) as err:
-        m._fail(str(err))
     _print_funnel(manifest)
     return manifest
 
@@ -290,7 +292,7 @@ def eval_decompose(
     if not input.exists():
         m._fail(f"{input}: no such file or folder")
     m._quiet_libraries()
-    try:
+    with _reported():
         c = _open_cache(cache)
         gen = CachedGenerator(_load(decomposer or "embedded", base_url), c)
         rows = []
@@ -305,10 +307,6 @@ def eval_decompose(
         rows = rows[:limit] if limit else rows
         emb = load_embedder("embedded", cache=c)
         metrics = evaluate(rows, emb.embed, gold_count=_gold_count, gold_base=lambda r: r.get("base_query"))
-    except KeyboardInterrupt:
-        m._fail("interrupted; run the same command again to resume (answered calls are cached)", 130)
-    except (InputError, ValueError, FileNotFoundError, RuntimeError) as err:
-        m._fail(str(err))
     metrics["model"] = gen.describe()
     metrics["calls"] = gen.stats.to_json()
     table = Table(title=f"decomposer {decomposer or 'embedded'} on {input.name}")
