@@ -658,3 +658,14 @@ def _circular() -> list[Any]:
     loop: list[Any] = []
     loop.append(loop)
     return loop
+
+
+def test_augment_output_is_read_with_its_input(tmp_path):
+    """`ontask augment` writes instruction/input/response: scoring must see the input (not Dolly's empty context)."""
+    from ontask.io import read_examples
+
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"instruction": "Reply.", "input": "My order is late.", "response": "Sorry!", "hop": 1}) + "\n")
+    (chunk,) = list(read_examples(path))
+    (ex,) = chunk
+    assert (ex.instruction, ex.input, ex.output) == ("Reply.", "My order is late.", "Sorry!")

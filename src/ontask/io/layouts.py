@@ -20,13 +20,15 @@ ALPACA = "alpaca"
 DOLLY = "dolly"
 CHAT = "chat"
 SELF_INSTRUCT = "self_instruct"
+AUGMENTED = "augmented"  # `ontask augment`'s data.jsonl: instruction, input, response
 COLUMNS = "columns"  # explicit names from --columns
-LAYOUTS = (ALPACA, DOLLY, CHAT, SELF_INSTRUCT, COLUMNS)
+LAYOUTS = (ALPACA, DOLLY, CHAT, SELF_INSTRUCT, AUGMENTED, COLUMNS)
 
 # Column names (instruction, input, output) of the flat layouts.
 _FLAT_COLUMNS: dict[str, dict[str, str]] = {
     ALPACA: {"instruction": "instruction", "input": "input", "output": "output"},
     DOLLY: {"instruction": "instruction", "input": "context", "output": "response"},
+    AUGMENTED: {"instruction": "instruction", "input": "input", "output": "response"},
 }
 _COLUMN_ROLES = ("instruction", "input", "output")
 _COLUMNS_HINT = "--columns instruction=...,input=...,output=..."
@@ -47,13 +49,16 @@ def detect_layout(record: dict[str, Any], file: str = "<input>") -> str:
         return SELF_INSTRUCT
     if {"instruction", "output"} <= keys:
         return ALPACA
+    if {"instruction", "input", "response"} <= keys and "context" not in keys:
+        return AUGMENTED
     if {"instruction", "response"} <= keys:
         return DOLLY
     found = ", ".join(sorted(map(str, keys))) or "(none)"
     raise InputError(
         file,
         f"no known column layout; keys found: {found}. Recognised: alpaca (instruction, "
-        "input, output), dolly (instruction, context, response), chat (messages), "
+        "input, output), dolly (instruction, context, response), augmented (instruction, input, "
+        "response), chat (messages), "
         f"self_instruct (instruction, instances). Name the columns with {_COLUMNS_HINT}",
     )
 
