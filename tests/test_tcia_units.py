@@ -250,3 +250,13 @@ def test_decomposed_rows_pass_through_without_a_model(tmp_path):
     path.write_text(json.dumps(rows[2]) + "\n")
     with pytest.raises(ValueError, match="need decomposing"):  # no decomposition and no model was given
         list(iter_decomposed(path, None))
+
+
+def test_every_constraint_of_the_answer_schemas_reaches_the_json_schema():
+    """A validator placed before a constraint makes pydantic drop it from the JSON schema,
+    and the constrained decoder then never enforces it (this happened to `languages`)."""
+    schema = Decomposition.model_json_schema()
+    assert schema["properties"]["languages"]["items"]["pattern"] == "^[a-z]{2}$"
+    assert schema["$defs"]["ConstraintItem"]["properties"]["category"]["enum"][0] == "Content"
+    assert Decomposition.model_validate({"is_complex": False, "languages": ["EN-us"], "tasks": [
+        {"task_type": "T", "base_query": "Q", "constraints": []}]}).languages == ["en"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, Field, create_model
+from pydantic import BaseModel, BeforeValidator, Field, StringConstraints, create_model
 
 from .state import Category, Constraint, InstructionState, normalise_category
 
@@ -22,7 +22,10 @@ def _language_code(v: object) -> object:
     return v.strip().replace("_", "-").split("-")[0].lower() if isinstance(v, str) else v
 
 
-Language = Annotated[str, BeforeValidator(_language_code), Field(pattern=r"^[a-z]{2}$")]
+# Constraints first, validator after: pydantic then keeps the pattern in the JSON schema
+# (the other order silently drops it, and the constrained decoder never sees it).
+Language = Annotated[str, StringConstraints(pattern=r"^[a-z]{2}$", min_length=2, max_length=2),
+                     BeforeValidator(_language_code)]
 
 
 class ConstraintItem(BaseModel):
