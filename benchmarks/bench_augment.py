@@ -55,7 +55,7 @@ def main() -> None:
         cfg = AugmentConfig(decomposer="openai:tiny", composer="openai:tiny", verifier="openai:tiny",
                             judge="openai:tiny", responders=["openai:tiny", "openai:tiny-b"], base_url=url,
                             concurrency=args.concurrency, max_states=args.states, samples=args.samples,
-                            inputs_per_instruction=2, min_validity=3.5, min_consistency=3.5)
+                            inputs_per_instruction=2, min_validity=3.0, min_consistency=3.0)
         roles = Roles(cfg, cache)
         t0 = time.perf_counter()
         manifest = run_augment([Seed(SEED)], read_inputs(data / "demo_inputs.jsonl"), cfg, tmp / "run",
