@@ -189,6 +189,8 @@ def test_kill_9_then_resume_pays_for_nothing_twice(tmp_path, db):
     assert (tmp_path / "run" / "instructions.jsonl").read_bytes() == (tmp_path / "ref" / "instructions.jsonl").read_bytes()
     answered = Counter(json.dumps(r["body"], sort_keys=True) for r in read_jsonl(log) if r["status"] == 200)
     twice = [b for b, n in answered.items() if n > 1]
+    print(f"\nkill -9 resume: {sum(answered.values())} answered calls in the killed+resumed runs, "
+          f"{len(read_jsonl(ref_log))} in one uninterrupted run, {len(twice)} answered twice")
     # only calls in flight at the kill (at most `--concurrency` of them) may be sent again
     assert len(twice) <= 4, f"{len(twice)} answered calls were sent twice"
     assert sum(answered.values()) <= len(read_jsonl(ref_log)) + 4
