@@ -20,7 +20,6 @@ the server's status and message; nothing is ever made up.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import hashlib
 import json
@@ -30,13 +29,13 @@ from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 import jinja2
 import jinja2.ext
 import openai
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .endpoint import public_url, resolve_api_key, resolve_base_url, run_sync
 from .base import PassError, PassOutcome, PassRequest, PassResult, fingerprint_of
 
 MODES = ("echo", "prompt_logprobs")
@@ -61,18 +60,15 @@ class ServerScorer:
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown server scoring mode '{mode}': use one of {', '.join(MODES)}")
-        base_url = base_url or os.environ.get("ONTASK_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
-        if not base_url:
-            raise ValueError("openai:MODEL needs a server address: pass base_url (e.g. http://localhost:8000/v1)")
         self.model = model
         self.name = f"openai:{model}"
-        self.base_url = base_url.rstrip("/")
+        self.base_url = resolve_base_url(base_url)
         self.concurrency = max(1, int(concurrency))
         self.mode = mode
         self.max_length = max_length
         self.timeout = timeout
         self.max_retries = max_retries
-        self._api_key = api_key or os.environ.get("ONTASK_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self._api_key = resolve_api_key(api_key)
         self._sync_client: openai.OpenAI | None = None
 
         tok_path = tokenizer or (template[3:] if template and template.startswith("hf:") else None)
@@ -87,7 +83,7 @@ class ServerScorer:
 
         self._identity: dict[str, Any] = {
             "server_model": model,
-            "base_url": _public_url(self.base_url),
+            "base_url": public_url(self.base_url),
             "template": hashlib.sha256(self._template_text.encode()).hexdigest()[:16],
             "mode": mode,
         }
@@ -121,7 +117,7 @@ class ServerScorer:
             data = self._sync_client.post(f"{root}/tokenize", cast_to=object, body=body)
         except openai.NotFoundError as exc:
             raise NotImplementedError(
-                f"{_public_url(root)}/tokenize is not available ({_reason(exc)}); give the model's tokenizer "
+                f"{public_url(root)}/tokenize is not available ({_reason(exc)}); give the model's tokenizer "
                 "(template='hf:PATH' or tokenizer=PATH) to count tokens locally") from None
         return int(data["count"])  # type: ignore[index]
 
@@ -143,12 +139,7 @@ class ServerScorer:
     def score(self, requests: Sequence[PassRequest]) -> list[PassOutcome]:
         if not requests:
             return []
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self._score_all(list(requests)))
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # called from async code: own loop
-            return pool.submit(asyncio.run, self._score_all(list(requests))).result()
+        return run_sync(lambda: self._score_all(list(requests)))
 
     async def _score_all(self, requests: list[PassRequest]) -> list[PassOutcome]:
         # One client per call: an async HTTP client belongs to the event loop that made it.
@@ -178,7 +169,7 @@ class ServerScorer:
         except openai.APITimeoutError:
             return PassError(f"server timeout after {self.timeout}s")
         except openai.APIConnectionError as exc:
-            return PassError(f"server unreachable at {_public_url(self.base_url)}: {exc}")
+            return PassError(f"server unreachable at {public_url(self.base_url)}: {exc}")
         except Exception as exc:  # a malformed answer: one pass fails, not the batch
             return PassError(f"unexpected server response: {type(exc).__name__}: {exc}")
 
@@ -317,15 +308,6 @@ def _tokenizer_hash(tokenizer: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _public_url(url: str) -> str:
-    """The URL without credentials or query string (they may carry keys)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def _reason(exc: openai.APIStatusError) -> str:

@@ -27,26 +27,24 @@ The API key is never part of the identity, `describe()`, logs or error reasons.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import email.utils
 import functools
 import importlib
 import json
 import logging
 import math
-import os
 import random
 import re
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Literal, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 import openai
 from pydantic import BaseModel, ConfigDict, Field
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base, wait_exponential
 
+from ..backends.endpoint import public_url, resolve_api_key, resolve_base_url, run_sync
 from .base import (
     ChatOutcome,
     ChatRequest,
@@ -107,23 +105,19 @@ class OpenAIChatGenerator:
     ) -> None:
         if structured not in STRUCTURED_MODES:
             raise ValueError(f"unknown structured mode '{structured}': use one of {', '.join(STRUCTURED_MODES)}")
-        base_url = base_url or os.environ.get("ONTASK_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
-        if not base_url:
-            raise ValueError("openai:MODEL needs a server address: pass base_url (e.g. http://localhost:8000/v1) "
-                             "or set ONTASK_BASE_URL")
         self.model = model
         self.name = f"openai:{model}"
-        self.base_url = base_url.rstrip("/")
+        self.base_url = resolve_base_url(base_url)
         self.concurrency = max(1, int(concurrency))
         self.timeout = float(timeout)
         self.retry = retry if isinstance(retry, RetryPolicy) else RetryPolicy(**(retry or {}))
         self.structured: StructuredMode = structured
         self.max_reasks = max(0, int(max_reasks))
-        self._api_key = api_key or os.environ.get("ONTASK_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self._api_key = resolve_api_key(api_key)
         # "auto" starts with response_format and may fall back to the prompt for good.
         self._schema_in: Literal["response_format", "prompt"] = "prompt" if structured == "prompt" else "response_format"
         self._identity = {"backend": "openai-chat", "server_model": model,
-                          "base_url": _public_url(self.base_url), "structured": structured}
+                          "base_url": public_url(self.base_url), "structured": structured}
         self._fingerprint = fingerprint_of(self._identity)
 
     # -- identity -----------------------------------------------------------------------
@@ -156,12 +150,7 @@ class OpenAIChatGenerator:
     def _run_sync(self, requests: list[Any], one: Callable[..., Awaitable[Any]], on_result: Callable[[int, Any], None] | None) -> list[Any]:
         if not requests:
             return []
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self._run_all(requests, one, on_result))
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # called from async code: own loop
-            return pool.submit(asyncio.run, self._run_all(requests, one, on_result)).result()
+        return run_sync(lambda: self._run_all(requests, one, on_result))
 
     async def _run_all(self, requests: list[Any], one: Callable[..., Awaitable[Any]],
                        on_result: Callable[[int, Any], None] | None) -> list[Any]:
@@ -246,7 +235,7 @@ class OpenAIChatGenerator:
         reply = await self._send(call, self._body(req, _with_instruction(messages, _schema_instruction(model))), tally)
         if self._schema_in != "prompt":
             log.warning("%s rejected response_format (%s); putting the JSON schema in the prompt from now on",
-                        _public_url(self.base_url), self._scrub(first))
+                        public_url(self.base_url), self._scrub(first))
             self._schema_in = "prompt"
         return reply
 
@@ -331,7 +320,7 @@ class OpenAIChatGenerator:
         if broken is None and (isinstance(exc, openai.APITimeoutError) or any(isinstance(e, TimeoutError) for e in links)):
             return _Failure(f"no answer within the {self.timeout:g}s timeout", retryable=True)
         detail = broken or (links[-1] if links else exc)
-        return _Failure(f"server unreachable at {_public_url(self.base_url)}: {type(detail).__name__}: {detail}",
+        return _Failure(f"server unreachable at {public_url(self.base_url)}: {type(detail).__name__}: {detail}",
                         retryable=True)
 
     def _scrub(self, text: str) -> str:
@@ -513,12 +502,3 @@ def _with_instruction(messages: Sequence[dict[str, str]], instruction: str) -> l
     return [{"role": "system", "content": instruction}, *out]
 
 
-def _public_url(url: str) -> str:
-    """The URL without credentials or query string (they may carry keys)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))

@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 
-from ..backends.openai_server import _public_url
+from ..backends.endpoint import public_url
 from ..cache import ResultCache
 from ..generation import CachedGenerator, GenError, Generator, load_generator
 from ..io.writers import AtomicWriter, write_json_atomic
@@ -399,7 +398,7 @@ def _manifest(cfg, seeds, seed_states, items, rows, failures, search_counts, rol
     div_kept = per_hop([it.node.hop for it in kept_items], embedder.embed([it.instruction for it in kept_items])) if kept_items else {}
     return {
         "command": "augment",
-        "config": {**cfg.model_dump(mode="json"), "base_url": _public_url(cfg.base_url) if cfg.base_url else None},
+        "config": {**cfg.model_dump(mode="json"), "base_url": public_url(cfg.base_url) if cfg.base_url else None},
         "versions": versions(),
         "templates": templates_digest(),
         "models": roles.describe(),
