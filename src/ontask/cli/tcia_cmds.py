@@ -57,7 +57,7 @@ def _load(spec: str, base_url: str | None, concurrency: int = 64):
 
 
 def _decompose_to(input: Path, output: Path, decomposer: str | None, base_url: str | None, field: str | None,
-                  cache_path: Path | None, need_model: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                  cache_path: Path | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Decompose `input` into `output` (JSONL) + `<stem>.failed.jsonl` beside it.
 
     Returns every task found (task_type, base_query, constraints) and the counts; the rows
@@ -69,12 +69,18 @@ def _decompose_to(input: Path, output: Path, decomposer: str | None, base_url: s
     m = _main()
     m._quiet_libraries()
     cache = _open_cache(cache_path)
-    gen = CachedGenerator(_load(decomposer or "embedded", base_url), cache) if need_model else None
+    loaded: list[CachedGenerator] = []  # the decomposer, loaded when a row first needs it
+
+    def model() -> CachedGenerator:
+        if not loaded:
+            loaded.append(CachedGenerator(_load(decomposer or "embedded", base_url), cache))
+        return loaded[0]
+
     tasks: list[dict[str, Any]] = []
     n_rows = n_failed = 0
     with stage_progress(m.console) as stage, AtomicWriter(output) as w, AtomicWriter(failed_path(output)) as fw:
         tick = stage("decompose", None)
-        for chunk in iter_decomposed(input, gen, field=field, tick=tick):
+        for chunk in iter_decomposed(input, model, field=field, tick=tick):
             ok = [{**d.record, "_line": d.line, **d.result} for d in chunk if d.result is not None]
             bad = [{"file": d.file, "line": d.line, "stage": "decompose", "reason": d.failure} for d in chunk if d.failure]
             w.write(ok)
@@ -83,7 +89,7 @@ def _decompose_to(input: Path, output: Path, decomposer: str | None, base_url: s
             n_rows += len(chunk)
             n_failed += len(bad)
     counts = {"rows": n_rows, "decomposed": n_rows - n_failed, "failed": n_failed,
-              "calls": gen.stats.to_json() if gen else None}
+              "calls": loaded[0].stats.to_json() if loaded else None}
     return tasks, counts
 
 
@@ -160,21 +166,10 @@ def db_build_from(input: Path, output: Path, cache: Path | None, decomposer: str
 
 def _records_for_db(input: Path, output: Path, decomposer, base_url, cache) -> tuple[list[dict[str, Any]], int]:
     """Every (task type, base query, constraints) of the corpus, one record per task."""
-    records, counts = _decompose_to(input, output / "decomposed.jsonl", decomposer, base_url, None, cache,
-                                    need_model=decomposer is not None or not _all_decomposed(input))
+    records, counts = _decompose_to(input, output / "decomposed.jsonl", decomposer, base_url, None, cache)
     if not records:
         raise ValueError(f"{input}: no row could be decomposed (see {failed_path(output / 'decomposed.jsonl')})")
     return records, counts["failed"]
-
-
-def _all_decomposed(input: Path) -> bool:
-    from ..io.formats import iter_records
-
-    for chunk in iter_records(input):
-        for _, rec in chunk:
-            if not isinstance(rec, dict) or ("task_type" not in rec and not isinstance(rec.get("tasks"), list)):
-                return False
-    return True
 
 
 def augment_cmd(
@@ -300,7 +295,7 @@ def eval_decompose(
         size = min(64, limit) if limit else 64  # small chunks: --limit stops after the chunk that reaches it
         with stage_progress(m.console) as stage:
             tick = stage("decompose", limit)
-            for chunk in iter_decomposed(input, gen, field=field, tick=tick, chunk_size=size):
+            for chunk in iter_decomposed(input, lambda: gen, field=field, tick=tick, chunk_size=size):
                 rows += chunk
                 if limit and len(rows) >= limit:
                     break

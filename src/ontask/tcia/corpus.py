@@ -35,10 +35,11 @@ class Decomposed:
     failure: str | None = None
 
 
-def iter_decomposed(path: str | Path, gen: Generator | None, *, field: str | None = None, chunk_size: int = 256,
+def iter_decomposed(path: str | Path, model: Callable[[], Generator] | None, *, field: str | None = None, chunk_size: int = 256,
                     max_tokens: int = 384, tick: Callable[[int], None] | None = None) -> Iterator[list[Decomposed]]:
     """Yield chunks of decomposed rows. Rows that already carry a decomposition are passed through
-    (no model call); `gen` may be None when every row does."""
+    (no model call). `model()` gives the decomposer and is called only when a chunk needs
+    it, so a corpus that is already decomposed never loads one; None: every row must be."""
     names = (field,) if field else SEED_FIELDS
     for chunk in iter_records(path, chunk_size):
         out: list[Decomposed] = []
@@ -70,9 +71,9 @@ def iter_decomposed(path: str | Path, gen: Generator | None, *, field: str | Non
             out.append(item)
         todo = [d for d in out if d.result is None and d.failure is None]
         if todo:
-            if gen is None:
+            if model is None:
                 raise ValueError("these rows need decomposing: pass a decomposer model")
-            results = decompose(gen, [d.instruction for d in todo], max_tokens=max_tokens)
+            results = decompose(model(), [d.instruction for d in todo], max_tokens=max_tokens)
             for d, r in zip(todo, results):
                 if isinstance(r, GenError):
                     d.failure = r.reason
