@@ -12,7 +12,7 @@ from ontask.generation import CachedGenerator, ChatRequest, ChatResult, ChoiceRe
 from ontask.generation.structured import StructuredError, parse_structured
 from ontask.tcia.compose import clean_instruction, missing_constraints
 from ontask.tcia.judges import run_judge
-from ontask.tcia.metrics import diversity, per_hop, ratio_per_hop
+from ontask.tcia.metrics import distance_sample, diversity, per_hop, ratio_per_hop, triu_pair
 from ontask.tcia.schemas import Decomposition
 from ontask.tcia.state import Constraint, InstructionState, normalise_category
 from ontask.tcia.validate import VALIDITY, pick_inputs
@@ -85,6 +85,29 @@ def test_diversity_is_one_minus_mean_pairwise_cosine():
     assert diversity(np.repeat(v[:1], 3, axis=0)) == pytest.approx(0.0, abs=1e-6)
     hops = per_hop([1, 1, 2, 2, 2, 3, 3], v)
     assert hops["2"] == pytest.approx(diversity(v[2:5]), abs=1e-6) and hops["all"] == pytest.approx(brute, abs=1e-6)
+
+
+def test_triu_pair_inverts_the_upper_triangle_index():
+    for n in (2, 3, 7, 50):
+        i, j = np.triu_indices(n, k=1)
+        got_i, got_j = triu_pair(np.arange(n * (n - 1) // 2), n)
+        assert (got_i == i).all() and (got_j == j).all()
+
+
+def test_distance_sample_is_all_pairs_when_small_and_a_seeded_subset_when_not():
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=(40, 6))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    everything = distance_sample(v, max_pairs=10_000)
+    assert everything["pairs"] == everything["sampled"] == 780
+    # The mean of all pairs' distances is the diversity.
+    assert everything["mean_sampled"] == pytest.approx(diversity(v), abs=1e-9)
+    part = distance_sample(v, max_pairs=100, seed=5)
+    assert part["pairs"] == 780 and part["sampled"] == 100
+    assert set(part["sample"]) <= set(everything["sample"])
+    assert part == distance_sample(v, max_pairs=100, seed=5)
+    assert part != distance_sample(v, max_pairs=100, seed=6)
+    assert distance_sample(v[:1]) is None
 
 
 def test_ratio_per_hop_counts_unjudged_apart():

@@ -1,4 +1,6 @@
-"""`ontask`: score, select, demo. Each command validates its settings before loading a model."""
+"""`ontask`: score, select, demo (augment, decompose, db and eval in tcia_cmds, report in report_cmd).
+
+Each command validates its settings before loading a model."""
 
 from __future__ import annotations
 
@@ -175,42 +177,47 @@ def demo(
     out: Path = typer.Option(Path("ontask-demo"), "-o", "--output", help="Folder for the demo's outputs."),
     cache: Optional[Path] = typer.Option(None, help="Result cache file."),
 ) -> None:
-    """The whole job on the bundled support task, offline: augment (TCIA), score, select.
+    """The whole job on the bundled support task, offline: augment (TCIA), score, select, report.
 
     Builds a small constraint database from bundled decomposed instructions, grows
     instructions from one seed with the embedded SmolLM2 in every role, answers them on
     bundled customer messages, then scores the rows (TSS, TSS++, IFD, perplexity) and
-    keeps the better half.
+    keeps the better half, and writes report.html.
     """
     from importlib.resources import files
 
     from ..scoring import ScoreConfig
     from ..selection import SelectConfig
     from ..tcia.config import AugmentConfig
+    from .report_cmd import write_report
     from .tcia_cmds import db_build_from, run_augment_cli
 
     data = Path(str(files("ontask") / "data"))
     _quiet_libraries()
-    console.rule("[bold]ontask demo 1/4: constraint database")
+    console.rule("[bold]ontask demo 1/5: constraint database")
     db = db_build_from(data / "demo_constraints.jsonl", out / "db", cache)
-    console.rule("[bold]ontask demo 2/4: augment (TCIA)")
+    console.rule("[bold]ontask demo 2/5: augment (TCIA)")
     cfg = AugmentConfig(**DEMO_AUGMENT, db=out / "db")
     manifest = run_augment_cli(cfg, out / "augment", seed_text=None, seeds_file=data / "demo_seed.jsonl",
                                inputs_file=data / "demo_inputs.jsonl", input_field=None, cache_path=cache, db_obj=db)
     rows = manifest["outputs"]["rows"]
     if rows < 2:
         _fail(f"augmentation kept {rows} rows, too few to score against each other; see {out / 'augment'}")
-    console.rule("[bold]ontask demo 3/4: score")
+    console.rule("[bold]ontask demo 3/5: score")
     scored = out / "scored" / "data.jsonl"
     k = min(4, max(1, _distinct_instructions(Path(manifest["outputs"]["data"])) - 1))
     _run_score(Path(manifest["outputs"]["data"]), scored, ScoreConfig(metrics=["ppl", "ifd", "tss", "tss++"], k=k), cache)
-    console.rule("[bold]ontask demo 4/4: select")
+    console.rule("[bold]ontask demo 4/5: select")
     _run_select(scored, out / "selected" / "data.jsonl", SelectConfig(by="tss++", retain=0.5))
     _print_demo_summary(scored)
+    console.rule("[bold]ontask demo 5/5: report")
+    report = write_report(out, out / "report.html")
     console.print(f"\n[bold green]done.[/] outputs in {out.resolve()}:\n"
                   f"  augment/   data.jsonl, instructions.jsonl, failed.jsonl, run.json (funnel, diversity, on-task)\n"
                   f"  scored/    data.jsonl with tss, tss_pp, ifd, ppl; run.json\n"
-                  f"  selected/  data.jsonl (kept rows), dropped.jsonl, select.json")
+                  f"  selected/  data.jsonl (kept rows), dropped.jsonl, select.json\n"
+                  f"  report.html  plots and tables of all of it (open it in a browser)")
+    console.print(f"report: [bold]{Path(report['output']).resolve()}[/]")
 
 
 # Small enough for 2 CPU cores in a few minutes. The embedded 135M model cannot judge:
@@ -244,9 +251,11 @@ def _print_demo_summary(scored: Path) -> None:
     Console().print(table)
 
 
-from .tcia_cmds import register as _register_tcia  # noqa: E402  (commands defined after `app`)
+from .report_cmd import register as _register_report  # noqa: E402  (commands defined after `app`)
+from .tcia_cmds import register as _register_tcia  # noqa: E402
 
 _register_tcia(app)
+_register_report(app)
 
 
 def main() -> None:  # pragma: no cover

@@ -4,13 +4,13 @@ Reading: `iter_records` streams raw rows from JSONL, JSON, Parquet, CSV or a sav
 Hugging Face dataset; `read_examples` turns them into `Example`s (or `Failure`s with
 file, line and field), detecting the column layout or using `parse_columns`' mapping.
 Writing: `AtomicWriter` for result files, `JsonlAppender` for failed.jsonl and logs,
-`write_json_atomic` for manifests.
+`write_json_atomic` for manifests, `write_text_atomic` for reports.
 """
 
 from ontask.io.formats import iter_records
 from ontask.io.layouts import detect_layout, parse_columns, to_examples
 from ontask.io.reader import read_examples
-from ontask.io.writers import AtomicWriter, JsonlAppender, write_json_atomic
+from ontask.io.writers import AtomicWriter, JsonlAppender, write_json_atomic, write_text_atomic
 
 __all__ = [
     "AtomicWriter",
@@ -21,4 +21,5 @@ __all__ = [
     "read_examples",
     "to_examples",
     "write_json_atomic",
+    "write_text_atomic",
 ]

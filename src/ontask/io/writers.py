@@ -257,13 +257,17 @@ def _ends_without_newline(path: Path) -> bool:
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write `obj` as indented JSON to `path` atomically (manifests such as run.json)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=json_default) + "\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to `path` atomically: a reader sees the old file or the whole new one."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = _temp_path(target)
     try:
         with temp.open("w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False, default=json_default)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, target)

@@ -28,6 +28,42 @@ def per_hop(hops: Iterable[int], vectors: np.ndarray) -> dict[str, float | None]
     return out
 
 
+def distance_sample(vectors: np.ndarray, max_pairs: int = 2000, seed: int = 0) -> dict[str, object] | None:
+    """Pairwise distances 1 - cosine of a group (rows L2-normalised), for density plots.
+
+    Every distinct pair when there are at most `max_pairs`, else `max_pairs` distinct pairs
+    drawn with a seeded generator (the same run gives the same sample). The paper draws
+    these distributions per hop; a mean alone hides a bimodal spread. None below 2 rows.
+    """
+    n = len(vectors)
+    if n < 2:
+        return None
+    pairs = n * (n - 1) // 2
+    if pairs <= max_pairs:
+        i, j = np.triu_indices(n, k=1)
+    else:
+        i, j = triu_pair(np.random.default_rng(seed).choice(pairs, size=max_pairs, replace=False), n)
+    d = 1.0 - np.einsum("ij,ij->i", vectors[i], vectors[j], dtype=np.float64)
+    return {"pairs": pairs, "sampled": int(len(d)), "mean_sampled": float(d.mean()),
+            "sample": [round(float(x), 4) for x in d]}
+
+
+def triu_pair(flat: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of the strict upper triangle's row-major index `flat` (as np.triu_indices)."""
+    flat = np.asarray(flat, dtype=np.int64)
+    i = (n - 2 - np.floor(np.sqrt(-8 * flat + 4 * n * (n - 1) - 7) / 2 - 0.5)).astype(np.int64)
+    j = flat + i + 1 - n * (n - 1) // 2 + (n - i) * ((n - i) - 1) // 2
+    return i, j
+
+
+def distances_per_hop(hops: Iterable[int], vectors: np.ndarray, max_pairs: int = 2000) -> dict[str, object]:
+    """`distance_sample` for each hop's instructions (the paper's density curves)."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, h in enumerate(hops):
+        groups[h].append(i)
+    return {str(h): distance_sample(vectors[idx], max_pairs, seed=h) for h, idx in sorted(groups.items())}
+
+
 def ratio_per_hop(hops: Iterable[int], flags: Iterable[bool | None]) -> dict[str, dict[str, float | int]]:
     """Share of True among judged items per hop (None = not judged, left out and counted)."""
     acc: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])

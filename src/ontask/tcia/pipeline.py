@@ -36,7 +36,7 @@ from .compose import compose_and_verify
 from .config import AugmentConfig
 from .decompose import decompose, states_of
 from .judges import Judged, JudgeSpec, resolve_mode, run_judge
-from .metrics import per_hop, ratio_per_hop
+from .metrics import distances_per_hop, per_hop, ratio_per_hop
 from .prompts import templates_digest
 from .respond import answer, best_answer, judge_answers
 from .schemas import OnTask
@@ -394,8 +394,10 @@ def _funnel(items: list[Item], rows: list[dict[str, Any]], n_seeds: int, seeds_u
 def _manifest(cfg, seeds, seed_states, items, rows, failures, search_counts, roles, db, embedder, timings, t0) -> dict[str, Any]:
     written = [it for it in items if it.instruction and it.status in ("valid", "invalid", "validity_failed")]  # unique texts
     kept_items = [it for it in items if it.status == "valid"]
-    div_written = per_hop([it.node.hop for it in written], embedder.embed([it.instruction for it in written])) if written else {}
-    div_kept = per_hop([it.node.hop for it in kept_items], embedder.embed([it.instruction for it in kept_items])) if kept_items else {}
+    vec_written = embedder.embed([it.instruction for it in written]) if written else None
+    vec_kept = embedder.embed([it.instruction for it in kept_items]) if kept_items else None
+    div_written = per_hop([it.node.hop for it in written], vec_written) if written else {}
+    div_kept = per_hop([it.node.hop for it in kept_items], vec_kept) if kept_items else {}
     return {
         "command": "augment",
         "config": {**cfg.model_dump(mode="json"), "base_url": public_url(cfg.base_url) if cfg.base_url else None},
@@ -412,7 +414,10 @@ def _manifest(cfg, seeds, seed_states, items, rows, failures, search_counts, rol
         "diversity": {"verified": div_written, "valid": div_kept, "valid_by_seed": {
             str(i): per_hop([it.node.hop for it in kept_items if it.seed_index == i],
                             embedder.embed([it.instruction for it in kept_items if it.seed_index == i]))
-            for i in sorted({it.seed_index for it in kept_items})} if len(seed_states) > 1 else None},
+            for i in sorted({it.seed_index for it in kept_items})} if len(seed_states) > 1 else None,
+            # Samples of 1 - cosine per hop, for the report's density curves.
+            "distances": {"verified": distances_per_hop([it.node.hop for it in written], vec_written) if written else {},
+                          "valid": distances_per_hop([it.node.hop for it in kept_items], vec_kept) if kept_items else {}}},
         "on_task": ratio_per_hop([it.node.hop for it in written], [it.on_task for it in written]) if cfg.on_task else None,
         "failures": len(failures),
         "timings_s": {**timings, "total": round(time.perf_counter() - t0, 3)},
