@@ -59,7 +59,11 @@ def funnel(manifest: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def density(sample: list[float], points: int = 200) -> dict[str, list[float]] | None:
-    """Gaussian kernel density of a sample (Silverman's bandwidth), for the per-hop curves."""
+    """Gaussian kernel density of a sample (Silverman's bandwidth), for the per-hop curves.
+
+    Reflected at 0 (1 - cosine of sentence embeddings is not negative), so the curve keeps
+    its whole mass on [0, inf) instead of losing the part of each kernel left of 0.
+    """
     x = np.asarray([s for s in sample if s is not None and math.isfinite(s)], dtype=np.float64)
     if len(x) < 2:
         return None
@@ -68,8 +72,10 @@ def density(sample: list[float], points: int = 200) -> dict[str, list[float]] | 
     grid = np.linspace(max(0.0, x.min() - 3 * bw), x.max() + 3 * bw, points)
     y = np.zeros_like(grid)
     for start in range(0, len(x), 512):  # bounded memory for large samples
-        z = (grid[:, None] - x[None, start : start + 512]) / bw
-        y += np.exp(-0.5 * z * z).sum(axis=1)
+        part = x[None, start : start + 512]
+        z = (grid[:, None] - part) / bw
+        mirrored = (grid[:, None] + part) / bw  # reflected at 0: distances are never negative
+        y += np.exp(-0.5 * z * z).sum(axis=1) + np.exp(-0.5 * mirrored * mirrored).sum(axis=1)
     y /= len(x) * bw * math.sqrt(2 * math.pi)
     return {"x": grid.round(5).tolist(), "y": y.round(5).tolist()}
 

@@ -13,7 +13,6 @@ as the characters it is, never as markup.
 
 from __future__ import annotations
 
-import html
 import json
 from typing import Any
 
@@ -31,7 +30,8 @@ def esc(text: Any, limit: int | None = None) -> str:
     s = "" if text is None else str(text)
     if limit is not None and len(s) > limit:
         s = s[: limit - 1] + "\u2026"
-    return html.escape(s, quote=True)
+    # Plotly decodes numeric entities and &amp; &lt; &gt;, but not &quot;: quotes go numeric.
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&#34;").replace("'", "&#39;")
 
 
 def template() -> dict[str, Any]:
@@ -142,7 +142,7 @@ def histogram_figure(metric: str, h: dict[str, Any], cutoff: float | None) -> go
     fig.update_layout(barmode="stack", bargap=0)
     note = []
     if h["outside"]:
-        note.append(f"{h['outside']:,} outside the central 99% not drawn")
+        note.append(f"{h['outside']:,} far outliers not drawn")
     if h["missing"]:
         note.append(f"{h['missing']:,} without a value")
     title = f"{LABELS.get(metric, metric)}: {h['rows']:,} rows, median {h['median']:.4g}"

@@ -121,12 +121,16 @@ def primary_metric(cols: ScoreColumns, selection: Selection | None) -> tuple[str
 
 
 def histogram(values: np.ndarray, kept: np.ndarray | None, bins: int = 50) -> dict[str, Any] | None:
-    """Counts over the central 99% of the finite values (the tails are counted, not drawn)."""
+    """Counts of the finite values within 3 IQR of the quartiles (far outliers are counted, not drawn).
+
+    One perplexity of 10^6 would otherwise squeeze every other row into one bin.
+    """
     finite = np.isfinite(values)
     v = values[finite]
     if not len(v):
         return None
-    lo, hi = (float(x) for x in np.percentile(v, [0.5, 99.5])) if len(v) >= 200 else (float(v.min()), float(v.max()))
+    q1, q3 = np.percentile(v, [25, 75])
+    lo, hi = max(float(v.min()), q1 - 3 * (q3 - q1)), min(float(v.max()), q3 + 3 * (q3 - q1))
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
     edges = np.linspace(lo, hi, min(bins, max(5, int(math.sqrt(len(v))) + 1)) + 1)

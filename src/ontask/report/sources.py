@@ -7,8 +7,8 @@ file. Each command leaves a manifest beside its data (`run.json` for augment and
 one of these the rest of the chain can be found.
 
 Manifests record paths as the user typed them (often relative to the folder the command
-ran in), so a recorded path is tried as given and then relative to the manifest's own
-folder, which keeps a moved or copied run folder readable.
+ran in), so a recorded path is looked for relative to the manifest's own folder first and
+then as given, which keeps a moved or copied run folder readable.
 """
 
 from __future__ import annotations
@@ -108,13 +108,18 @@ def _default_data(folder: Path) -> Path | None:
 
 
 def _recorded_path(recorded: Any, manifest_dir: Path | None) -> Path | None:
-    """A path from a manifest: as written, else by its name beside (or above) the manifest."""
+    """A path from a manifest, looked for where the manifest is first, then as written.
+
+    Beside the manifest first: in a copied or moved run folder the recorded path may still
+    exist but point at the original, and the copy is what the user asked about.
+    """
     if not recorded:
         return None
     p = Path(str(recorded))
-    candidates = [p]
+    candidates = []
     if manifest_dir is not None:
-        candidates += [manifest_dir / p.name, manifest_dir.parent / p.parent.name / p.name]
+        candidates += [manifest_dir.parent / p.parent.name / p.name, manifest_dir / p.name]
+    candidates.append(p)
     for c in candidates:
         if c.is_file():
             return c

@@ -45,7 +45,7 @@
     var tools = el("div", "table-tools");
     var search = el("input");
     search.type = "search";
-    search.placeholder = "search " + rows.length.toLocaleString("en") + " rows";
+    search.placeholder = "search " + rows.length.toLocaleString("en") + (rows.length === 1 ? " row" : " rows");
     search.setAttribute("aria-label", "search the table");
     var count = el("span", "muted count");
     tools.appendChild(search);
