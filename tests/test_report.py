@@ -187,7 +187,7 @@ def test_lineage_cap_keeps_the_furthest_states_and_all_their_ancestors():
     states = [{"seed": 0, "hop": 1, "state_hash": f"a{i}", "parent": "s", "status": "not_sampled", "edit_path": [{}]}
               for i in range(50)]
     states += [{"seed": 0, "hop": 2, "state_hash": "deep", "parent": "a7", "status": "valid", "edit_path": [{}, {}]}]
-    lin = av.lineage(manifest, states, max_nodes=10)
+    lin = av.lineage(manifest, lambda: iter(states), max_nodes=10)
     ids = {n["id"] for n in lin["nodes"]}
     assert "0:deep" in ids and "0:a7" in ids and "seed:0" in ids
     assert len(ids) == 11 and lin["omitted"] == 41
@@ -374,20 +374,9 @@ def test_report_renders_in_chromium_and_its_controls_work(chain, tmp_path):
 def test_100k_scored_rows_make_a_small_report_that_opens_quickly(tmp_path):
     from ontask.testing.browser import browser, open_report
 
-    n = 100_000
-    rng = np.random.default_rng(0)
-    words = np.array("reply customer order refund delivery apologise summary bullet concise polite tracking "
-                     "replace damaged invoice address weekend courier warehouse".split())
-    scored = tmp_path / "scored" / "data.jsonl"
-    scored.parent.mkdir()
-    tss = rng.normal(0.1, 0.05, n)
-    ifd = np.clip(rng.normal(0.8, 0.1, n), 0.2, 1.4)
-    with scored.open("w", encoding="utf-8") as f:
-        for i in range(n):
-            text = " ".join(rng.choice(words, 40))
-            f.write(json.dumps({"instruction": f"row {i}: {text[:120]}", "input": text, "response": text * 3,
-                                "tss": tss[i], "tss_pp": tss[i] * 10 - 1, "ifd": ifd[i], "ppl": float(np.exp(ifd[i] * 2)),
-                                "tokens": int(100 + i % 400), "tss_top_alt": text[:100]}) + "\n")
+    from ontask.testing.synthetic import write_scored_rows
+
+    scored = write_scored_rows(tmp_path / "scored" / "data.jsonl", 100_000)
     run_select(scored, tmp_path / "selected" / "data.jsonl", SelectConfig(by="tss", retain=0.1))
     t0 = time.perf_counter()
     summary = build_report(tmp_path / "selected", tmp_path / "report.html")
@@ -401,3 +390,21 @@ def test_100k_scored_rows_make_a_small_report_that_opens_quickly(tmp_path):
     assert log.errors == [] and log.console_errors == []
     assert rows_shown == 150
     assert log.ready_s < 6.0  # the target is 3 s on an idle machine; reported exactly above
+
+
+def test_report_command_writes_the_file_and_names_bad_sources(chain, tmp_path):
+    from typer.testing import CliRunner
+
+    from ontask.cli.main import app
+
+    root, _ = chain
+    out = tmp_path / "r" / "report.html"
+    ok = CliRunner().invoke(app, ["report", str(root / "selected"), "-o", str(out), "--rows-per-group", "3",
+                                  "--title", "week 12"])
+    assert ok.exit_code == 0, ok.output
+    assert str(out.resolve()) in ok.output.replace("\n", "")
+    assert "<title>week 12</title>" in out.read_text(encoding="utf-8")
+    bad = CliRunner().invoke(app, ["report", str(tmp_path / "nowhere"), "-o", str(out)])
+    assert bad.exit_code == 2 and "no such file or folder" in bad.output
+    invalid = CliRunner().invoke(app, ["report", str(root), "-o", str(out), "--rows-per-group", "0"])
+    assert invalid.exit_code == 2 and "rows_per_group" in invalid.output

@@ -12,7 +12,7 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -33,20 +33,18 @@ FUNNEL = (
 TEXT_LIMIT = 2000  # characters of an instruction kept in a lineage node
 
 
-def read_instructions(path: Path) -> list[dict[str, Any]]:
-    """instructions.jsonl, every explored state; a broken line is an error naming it."""
+def iter_instructions(path: Path) -> Iterator[dict[str, Any]]:
+    """instructions.jsonl, one explored state at a time; a broken line is an error naming it."""
     if not path.is_file():
-        return []
-    out = []
+        return
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                out.append(json.loads(line))
+                yield json.loads(line)
             except json.JSONDecodeError as err:
                 raise InputError(str(path), f"not JSON ({err.msg})", line=n) from err
-    return out
 
 
 def funnel(manifest: dict[str, Any]) -> dict[str, Any] | None:
@@ -103,7 +101,7 @@ def on_task(manifest: dict[str, Any]) -> list[dict[str, Any]] | None:
     return [{"hop": h, **v} for h, v in ot.items()]
 
 
-def constraint_counts(states: list[dict[str, Any]], top: int = 20) -> dict[str, Any]:
+def constraint_counts(states: Iterable[dict[str, Any]], top: int = 20) -> dict[str, Any]:
     """Categories over explored and over valid states; the constraints valid states use most."""
     cats_all: Counter[str] = Counter()
     cats_valid: Counter[str] = Counter()
@@ -131,12 +129,21 @@ _STATUS_RANK = {"valid": 0, "invalid": 1, "validity_failed": 1, "duplicate": 2, 
                 "verify_failed": 2, "compose_failed": 2, "not_sampled": 3}
 
 
-def lineage(manifest: dict[str, Any], states: list[dict[str, Any]], max_nodes: int = 3000) -> dict[str, Any]:
+def _node_ids(st: dict[str, Any]) -> tuple[str, str]:
+    """A state's node id and its parent's: hop-1 states hang under their seed."""
+    seed = st.get("seed", 0)
+    parent = f"seed:{seed}" if st.get("hop") == 1 else f"{seed}:{st.get('parent')}"
+    return f"{seed}:{st['state_hash']}", parent
+
+
+def lineage(manifest: dict[str, Any], states: Callable[[], Iterable[dict[str, Any]]], max_nodes: int = 3000) -> dict[str, Any]:
     """Seed -> hop 1 -> hop 2 ... as nodes with parent ids, for the page's tree.
 
-    A state's parent is named by its state hash; hop-1 states hang under their seed. Past
-    `max_nodes`, states that reached further (valid, then composed, then merely explored)
-    are kept first, with every ancestor of a kept node, so no branch is orphaned.
+    `states` opens a fresh stream of instructions.jsonl each call: the first pass keeps only
+    ids, parents and statuses (a run can explore millions of states), the second the text
+    of the nodes shown. Past `max_nodes`, states that reached further (valid, then
+    composed, then merely explored) are kept first, with every ancestor of a kept node, so
+    no branch is orphaned.
     """
     seeds = manifest.get("seeds") or []
     roots = []
@@ -145,31 +152,35 @@ def lineage(manifest: dict[str, Any], states: list[dict[str, Any]], max_nodes: i
         roots.append({"id": f"seed:{s['index']}", "parent": None, "hop": 0, "status": "seed",
                       "text": _clip(s.get("instruction")), "constraints": [c.get("text") for c in state.get("constraints") or []],
                       "task_type": state.get("task_type"), "edit": None, "rows": None, "reason": None})
-    by_id: dict[str, dict[str, Any]] = {}
-    for st in states:
-        seed = st.get("seed", 0)
-        node_id = f"{seed}:{st['state_hash']}"
-        parent = f"seed:{seed}" if st.get("hop") == 1 else f"{seed}:{st.get('parent')}"
-        path = st.get("edit_path") or []
-        by_id[node_id] = {"id": node_id, "parent": parent, "hop": st.get("hop"), "status": st.get("status"),
-                          "reason": st.get("reason"), "text": _clip(st.get("instruction")),
-                          "constraints": [c.get("text") for c in st.get("constraints") or []],
-                          "edit": path[-1] if path else None, "rows": st.get("kept_rows")}
-    nodes = list(by_id.values())
-    omitted = 0
-    if len(nodes) > max_nodes:
-        keep: set[str] = set()
-        for node in sorted(nodes, key=lambda n: (_STATUS_RANK.get(n["status"], 2), n["hop"] or 0)):
+    parent_of: dict[str, str] = {}
+    rank: list[tuple[int, int, str]] = []
+    statuses: Counter[str] = Counter()
+    for st in states():
+        node_id, parent = _node_ids(st)
+        parent_of[node_id] = parent
+        rank.append((_STATUS_RANK.get(st.get("status"), 2), st.get("hop") or 0, node_id))
+        statuses[st.get("status")] += 1
+    keep: set[str] = set(parent_of)
+    if len(parent_of) > max_nodes:
+        keep = set()
+        for _, _, node_id in sorted(rank):
             if len(keep) >= max_nodes:
                 break
-            cur: dict[str, Any] | None = node
-            while cur is not None and cur["id"] not in keep:
-                keep.add(cur["id"])
-                cur = by_id.get(cur["parent"])
-        omitted = len(nodes) - len(keep)
-        nodes = [n for n in nodes if n["id"] in keep]
-    return {"nodes": roots + nodes, "omitted": omitted,
-            "statuses": dict(Counter(st.get("status") for st in states).most_common())}
+            cur: str | None = node_id
+            while cur is not None and cur in parent_of and cur not in keep:
+                keep.add(cur)
+                cur = parent_of.get(cur)
+    nodes = []
+    for st in states():
+        node_id, parent = _node_ids(st)
+        if node_id not in keep:
+            continue
+        path = st.get("edit_path") or []
+        nodes.append({"id": node_id, "parent": parent, "hop": st.get("hop"), "status": st.get("status"),
+                      "reason": st.get("reason"), "text": _clip(st.get("instruction")),
+                      "constraints": [c.get("text") for c in st.get("constraints") or []],
+                      "edit": path[-1] if path else None, "rows": st.get("kept_rows")})
+    return {"nodes": roots + nodes, "omitted": len(parent_of) - len(keep), "statuses": dict(statuses.most_common())}
 
 
 def _clip(text: Any) -> str | None:

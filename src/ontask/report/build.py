@@ -104,14 +104,16 @@ def _augment_section(page: _Page, src: ReportSources, opts: ReportOptions) -> No
     manifest = src.augment_manifest or {}
     folder = src.augment_dir
     assert folder is not None
-    states = av.read_instructions(folder / "instructions.jsonl")
+    def states():
+        return av.iter_instructions(folder / "instructions.jsonl")
+
     funnel = av.funnel(manifest)
     if funnel:
         page.add_figure("funnel", fg.funnel_figure(funnel))
         page.add_figure("drops", fg.drops_figure(funnel))
         counts = {s["key"]: s["count"] for s in funnel["stages"]}
         page.card("seeds", funnel.get("seeds") or len(manifest.get("seeds") or []))
-        page.card("states explored", counts.get("states_explored", len(states)))
+        page.card("states explored", counts.get("states_explored", "-"))
         page.card("valid instructions", counts.get("valid", "-"))
         page.card("augmented rows kept", counts.get("kept", "-"))
     div = av.diversity(manifest)
@@ -120,7 +122,7 @@ def _augment_section(page: _Page, src: ReportSources, opts: ReportOptions) -> No
     ot = av.on_task(manifest)
     if ot:
         page.add_figure("on_task", fg.on_task_figure(ot))
-    cons = av.constraint_counts(states)
+    cons = av.constraint_counts(states())
     page.add_figure("categories", fg.categories_figure(cons))
     page.add_figure("top_constraints", fg.top_constraints_figure(cons))
     page.lineage = av.lineage(manifest, states, max_nodes=opts.tree_nodes)

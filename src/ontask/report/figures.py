@@ -78,6 +78,10 @@ def diversity_figure(d: dict[str, Any]) -> go.Figure | None:
     if not hops:
         return None
     fig = go.Figure()
+    for h in d["hops"]:
+        if h["mean"] is None:  # a legend line saying why a hop has no curve
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line={"color": "rgba(0,0,0,0)"},
+                                     name=f"hop {h['hop']}: fewer than 2 {d['of']} instructions"))
     if any(h["density"] for h in hops):
         for h in hops:
             if h["density"]:
@@ -85,6 +89,7 @@ def diversity_figure(d: dict[str, Any]) -> go.Figure | None:
                                          name=f"hop {h['hop']}: mean {h['mean']:.3f} ({h['pairs']:,} pairs)"))
         for h in hops:
             fig.add_vline(x=h["mean"], line_dash="dot", line_color="#555", line_width=1)
+        fig.update_layout(showlegend=True)  # the legend carries each hop's mean, even for one hop
         _layout(fig, f"Diversity per hop: density of 1 \u2212 cosine over pairs of {d['of']} instructions",
                 x="1 \u2212 cosine similarity", y="density")
     else:  # manifests from before the pair samples were kept: means only
@@ -159,7 +164,7 @@ def scatter_figure(x: list[float], y: list[float], hover: list[str], kept: list[
         pick = [i for i in range(len(x)) if kept is None or kept[i] == mask_value]
         return go.Scatter(x=[x[i] for i in pick], y=[y[i] for i in pick], hovertext=[hover[i] for i in pick],
                           hoverinfo="text+x+y", mode="markers", name=name,
-                          marker={"color": color, "size": 5, "opacity": 0.7})
+                          marker={"color": color, "size": 5 if len(x) > 500 else 9, "opacity": 0.7})
 
     traces = [trace(None, "rows", ALL)] if kept is None else [trace(False, "dropped", DROPPED), trace(True, "kept", KEPT)]
     fig = go.Figure(traces)
