@@ -408,3 +408,17 @@ def test_report_command_writes_the_file_and_names_bad_sources(chain, tmp_path):
     assert bad.exit_code == 2 and "no such file or folder" in bad.output
     invalid = CliRunner().invoke(app, ["report", str(root), "-o", str(out), "--rows-per-group", "0"])
     assert invalid.exit_code == 2 and "rows_per_group" in invalid.output
+
+
+def test_each_run_alone_gets_the_sections_it_can_fill(chain, tmp_path):
+    root, _ = chain
+    scored_only = build_report(root / "scored" / "data.jsonl", tmp_path / "s.html")
+    assert scored_only["sections"] == ["overview", "scores", "rows", "settings"]
+    data = page_data(tmp_path / "s.html")
+    assert [t["name"] for t in data["figures"]["hist_tss"]["data"]] == ["rows"]  # no selection: one colour
+    assert "shapes" not in data["figures"]["hist_tss_pp"]["layout"]  # and no cut-off
+    assert "selection" not in [c["key"] for c in data["tables"]["rows"]["columns"]]
+    augment_only = build_report(root / "augment", tmp_path / "a.html")
+    assert augment_only["sections"][:3] == ["overview", "augmentation", "lineage"] and "scores" not in augment_only["sections"]
+    rows = page_data(tmp_path / "a.html")["tables"]["augment_rows"]["rows"]
+    assert len(rows) == len(read_jsonl(root / "augment" / "data.jsonl"))
