@@ -87,17 +87,25 @@ def test_funnel_adds_up_row_for_row(tmp_path, db, embedder):
     assert d["unverified"] == status["unverified"] > 0  # the scripted verifier finds gaps now and then
     assert d["invalid"] == status["invalid"] > 0
     assert f["paired"] == 2 * f["valid"] == sum(s["pairs"] for s in states)
-    assert f["answered"] == f["paired"] - d["unanswered"]
+    assert f["answered"] == f["paired"] - d["unanswered"] - d["check_failed"]
     assert f["kept"] == f["answered"] - d["below_floor"] == len(data) == sum(s["kept_rows"] for s in states)
+    # answers that break a code-checkable constraint never reach the judge; each is recorded
+    checked = read_jsonl(run / "failed.jsonl")
+    by_hash = {s["state_hash"]: s for s in states}
+    for c in checked:
+        assert c["stage"] == "check" and c["reason"].startswith("violates '")
+        named = c["reason"].split("'")[1]
+        assert named in [x["text"] for x in by_hash[c["state_hash"]]["constraints"]]
+    assert manifest["failures"] == len(checked)
     # rows carry lineage and real scores; the best of the two responders was kept
     valid = {s["state_hash"]: s for s in states if s["status"] == "valid"}
     for row in data:
         assert row["state_hash"] in valid and row["instruction"] == valid[row["state_hash"]]["instruction"]
         assert row["response"].strip() and row["model"] in ("openai:tiny", "openai:tiny-b")
-        assert 1 <= row["judge_mean"] <= 5 and len(row["candidates"]) == 2
+        assert 1 <= row["judge_mean"] <= 5 and 1 <= len(row["candidates"]) <= 2
+        assert len(row["constraint_checks"]) == len(row["constraints"]) and False not in row["constraint_checks"]
         assert row["judge_mean"] == max(c["judge_mean"] for c in row["candidates"])
         assert row["hop"] == len(row["edit_path"]) >= 1
-    assert manifest["failures"] == 0 and read_jsonl(run / "failed.jsonl") == []
     div = manifest["diversity"]["verified"]
     assert set(div) >= {"1", "2", "3", "all"} and all(0 < v < 1 for v in div.values() if v is not None)
     assert manifest["on_task"]["all"]["judged"] == f["unique"]

@@ -422,3 +422,21 @@ def test_each_run_alone_gets_the_sections_it_can_fill(chain, tmp_path):
     assert augment_only["sections"][:3] == ["overview", "augmentation", "lineage"] and "scores" not in augment_only["sections"]
     rows = page_data(tmp_path / "a.html")["tables"]["augment_rows"]["rows"]
     assert len(rows) == len(read_jsonl(root / "augment" / "data.jsonl"))
+
+
+def test_per_constraint_specificity_and_flags_are_shown(tmp_path):
+    rows = [{"instruction": f"Do {i}. Use no commas. Answer in 5 words.", "input": "", "output": "o", "tss": 0.1 * i,
+             "ifd": 0.8, "ppl": 3.0, "tokens": 10, "constraints": ["Use no commas", "Answer in 5 words"],
+             "constraint_specificity": [0.2 - 0.1 * i, None if i == 0 else 0.05],
+             "constraint_checks": [i % 2 == 0, None],
+             "ignored_constraints": ["Use no commas"] if i in (3, 5) else []} for i in range(6)]
+    write_jsonl(tmp_path / "scored.jsonl", rows)
+    build_report(tmp_path / "scored.jsonl", tmp_path / "r.html")
+    data = page_data(tmp_path / "r.html")
+    traces = {t["name"].split(":")[0]: len(t["x"]) for t in data["figures"]["specificity"]["data"]}
+    assert traces == {"violated (checker)": 3, "passed (checker)": 3, "no checker": 5}  # the None is left out
+    html = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "2 of 6" in html  # rows flagged
+    table = data["tables"]["rows"]
+    col = [c["key"] for c in table["columns"]].index("ignored_constraints")
+    assert sorted(r[col] for r in table["rows"]) == ["", "", "", "", "Use no commas", "Use no commas"]

@@ -48,12 +48,14 @@ def _count_rows(path: Path, columns) -> int | None:
         return None
 
 
-@app.command(epilog="Examples:\n\n  ontask score data.jsonl -o out/ --metrics ppl,ifd,tss,tss++ -k 4\n\n  ontask score alpaca.parquet -o scored.parquet --alternatives hard --scorer hf:/models/qwen")
+@app.command(epilog="Examples:\n\n  ontask score data.jsonl -o out/ --metrics ppl,ifd,tss,tss++ -k 4\n\n  ontask score alpaca.parquet -o scored.parquet --alternatives hard --scorer hf:/models/qwen\n\n"
+                     "  ontask score run/data.jsonl -o scored/ --alternatives variants --db db/ --composer openai:gpt-4.1 --base-url URL")
 def score(
     input: Path = typer.Argument(..., help="JSONL, JSON, Parquet, CSV or a saved Hugging Face dataset."),
     output: Path = typer.Option(..., "-o", "--output", help="Output file (.jsonl/.parquet) or folder."),
     metrics: Optional[str] = typer.Option(None, help="Comma list of ppl,ifd,ifd_ppl,tss,tss++ (default: ppl,ifd,tss,tss++)."),
-    alternatives: Optional[str] = typer.Option(None, help="random | hard (default: random)."),
+    alternatives: Optional[str] = typer.Option(None, help="random | hard | variants (default: random). variants: the "
+                                               "instruction with one constraint removed or replaced (also gives per-constraint specificity)."),
     k: Optional[int] = typer.Option(None, "-k", help="Alternatives per row (default: 4)."),
     aggregator: Optional[str] = typer.Option(None, help="logmeanexp | mean | max."),
     lam: Optional[float] = typer.Option(None, "--lambda", help="TSS++ quality weight (default: 0.1)."),
@@ -64,6 +66,11 @@ def score(
     columns: Optional[str] = typer.Option(None, help="instruction=COL,input=COL,output=COL for other layouts."),
     seed: Optional[int] = typer.Option(None),
     batch_tokens: Optional[int] = typer.Option(None, help="Padded tokens per forward batch."),
+    decomposer: Optional[str] = typer.Option(None, help="variants: model that decomposes rows without base_query/constraints."),
+    composer: Optional[str] = typer.Option(None, help="variants: model that writes an edited constraint set back as an instruction."),
+    verifier: Optional[str] = typer.Option(None, help="variants: model that checks a written variant states its constraints."),
+    db: Optional[str] = typer.Option(None, help="variants: constraint database for Replace variants (none: Remove only)."),
+    check: Optional[bool] = typer.Option(None, "--check/--no-check", help="variants: verify outputs against code-checkable constraints (default: on)."),
     cache: Optional[Path] = typer.Option(None, help="Result cache file (default: ~/.cache/ontask/cache.sqlite)."),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
@@ -79,7 +86,7 @@ def score(
             metrics=parse_metrics(metrics) if metrics else None, alternatives=alternatives, k=k,
             aggregator=aggregator, lam=lam, quality=quality, scorer=scorer, base_url=base_url,
             embedder=embedder, columns=parse_columns(columns) if columns else None, seed=seed,
-            batch_tokens=batch_tokens,
+            batch_tokens=batch_tokens, decomposer=decomposer, composer=composer, verifier=verifier, db=db, check=check,
         )
         cfg = ScoreConfig(**merged(config, "score", flags))
     except (ValueError, ValidationError) as err:
@@ -101,13 +108,15 @@ def _run_score(input: Path, output: Path, cfg, cache_path: Path | None) -> dict:
             scorer = load_scorer(cfg.scorer, batch_tokens=cfg.batch_tokens, share_prefix=cfg.share_prefix, base_url=cfg.base_url)
         cache = ResultCache(cache_path)
         emb = None
-        if "hard" in cfg.alternative_kinds:
+        if "hard" in cfg.alternative_kinds or ("variants" in cfg.alternative_kinds and cfg.db):
             from ..embed import load_embedder
 
             with console.status(f"loading embedder {cfg.embedder}"):
                 emb = load_embedder(cfg.embedder, cache=cache)
+        maker = _variant_maker(cfg, cache, emb) if "variants" in cfg.alternative_kinds else None
         with row_progress(console, total, "score") as update:
-            manifest = run_score(input, output, cfg, scorer=scorer, cache=cache, embedder=emb, progress=update)
+            manifest = run_score(input, output, cfg, scorer=scorer, cache=cache, embedder=emb, variants=maker,
+                                 progress=update)
     except KeyboardInterrupt:
         _fail("interrupted; run the same command again to resume (finished passes are cached)", 130)
     except (InputError, ValueError, FileNotFoundError, RuntimeError) as err:
@@ -122,6 +131,36 @@ def _run_score(input: Path, output: Path, cfg, cache_path: Path | None) -> dict:
     if c["rows_failed"]:
         console.print(f"[yellow]failures with reasons:[/] {manifest['failed']}")
     return manifest
+
+
+def _variant_maker(cfg, cache, embedder):
+    """Models for `variants`, loaded once per distinct model string, every call through the cache."""
+    from ..generation import CachedGenerator, load_generator
+    from ..tcia.database import ConstraintDB
+    from ..tcia.variants import VariantMaker
+
+    loaded: dict[str, CachedGenerator] = {}
+
+    class _Lazy:
+        """Loads the model on first use: rows that carry their decomposition, with constraints
+        quoted verbatim, need no model at all."""
+
+        def __init__(self, spec: str) -> None:
+            self.name = spec
+
+        def __getattr__(self, attr: str):
+            if self.name not in loaded:
+                with console.status(f"loading {self.name}"):
+                    loaded[self.name] = CachedGenerator(load_generator(self.name, base_url=cfg.base_url), cache)
+            return getattr(loaded[self.name], attr)
+
+    def gen(spec: str):
+        return _Lazy(spec)
+
+    db = ConstraintDB.load(cfg.db, expect_embedder=embedder.name) if cfg.db else None
+    return VariantMaker(decomposer=gen(cfg.decomposer), composer=gen(cfg.composer), verifier=gen(cfg.verifier),
+                        db=db, embedder=embedder, near_duplicate=cfg.near_duplicate,
+                        max_refinements=cfg.variant_refinements, max_tokens=cfg.compose_max_tokens)
 
 
 @app.command(epilog="Examples:\n\n  ontask select scored.jsonl -o top.jsonl --by tss --retain 0.05\n\n  ontask select scored.jsonl -o top.jsonl --by tss++ --max-tokens 2000000 --ifd-max 1 --diversity 0.9")

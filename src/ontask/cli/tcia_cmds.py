@@ -193,6 +193,8 @@ def augment_cmd(
     judge_mode: Optional[str] = typer.Option(None, help="auto | logprob | text."),
     min_validity: Optional[float] = typer.Option(None), min_consistency: Optional[float] = typer.Option(None),
     min_response_score: Optional[float] = typer.Option(None, help="Floor on the best answer's mean judge score."),
+    check: Optional[bool] = typer.Option(None, "--check/--no-check", help="Drop answers that violate a code-checkable constraint "
+                                         "(IFEval checkers: length, format, keywords, case, language...) before the judge (default: on)."),
     rng_seed: Optional[int] = typer.Option(None, "--rng-seed", help="Random seed of the search and pairing (default 0)."),
     cache: Optional[Path] = typer.Option(None, help="Result cache file."),
     config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False, help="YAML settings; flags override."),
@@ -207,7 +209,7 @@ def augment_cmd(
             inputs_per_instruction=inputs_per_instruction, decomposer=decomposer, composer=composer,
             verifier=verifier, judge=judge, responders=responders, embedder=embedder, base_url=base_url,
             concurrency=concurrency, judge_mode=judge_mode, min_validity=min_validity,
-            min_consistency=min_consistency, min_response_score=min_response_score, seed=rng_seed, db=db)))
+            min_consistency=min_consistency, min_response_score=min_response_score, seed=rng_seed, db=db, check=check)))
     except (ValueError, ValidationError) as err:
         m._fail(str(err))
     if (seed_text is None) == (seeds is None):

@@ -181,6 +181,9 @@ def _scores_section(page: _Page, src: ReportSources, opts: ReportOptions) -> Non
         if h:
             page.add_figure(f"hist_{m}", fg.histogram_figure(m, h, cutoff))
 
+    if cols.specificity:
+        page.add_figure("specificity", fg.specificity_figure(cols.specificity, cols.specificity_check))
+        page.card("rows flagged: a violated constraint the output ignores", f"{cols.rows_flagged:,} of {cols.rows_with_constraints:,}")
     primary = sv.primary_metric(cols, selection)
     wanted_rows = sv.example_rows(cols, *primary, selection, opts.rows_per_group) if primary else []
     scatter_idx: np.ndarray = np.array([], dtype=np.int64)
@@ -226,6 +229,8 @@ def _rows_table(cols: sv.ScoreColumns, wanted: list[tuple[int, str, int]], recor
     columns += [{"key": m, "label": sv.LABELS[m], "kind": "num"} for m in cols.metrics]
     extra_num = [k for k in ("tokens", "hop", "judge_mean") if any(k in r for r in records.values())]
     columns += [{"key": k, "label": k.replace("_", " "), "kind": "num"} for k in extra_num]
+    if any("ignored_constraints" in r for r in records.values()):
+        columns.append({"key": "ignored_constraints", "label": "ignored constraints", "kind": "long"})
     texts = [k for k in sv.TEXT_FIELDS if any(k in r for r in records.values())]
     labels = {"tss_top_alt": "strongest competing instruction (TSS)"}
     columns += [{"key": k, "label": labels.get(k, k), "kind": "long"} for k in texts]
@@ -237,6 +242,9 @@ def _rows_table(cols: sv.ScoreColumns, wanted: list[tuple[int, str, int]], recor
             row.append("kept" if selection.kept[i] else f"dropped: {selection.reasons[i]}")
         row += [_finite(cols.values[m][i]) for m in cols.metrics]
         row += [rec.get(k) if isinstance(rec.get(k), (int, float)) and not isinstance(rec.get(k), bool) else None for k in extra_num]
+        if len(row) < len(columns) and columns[len(row)]["key"] == "ignored_constraints":
+            ignored = rec.get("ignored_constraints")
+            row.append(sv.clip("; ".join(map(str, ignored))) if isinstance(ignored, list) else None)
         row += [sv.clip(rec.get(k)) for k in texts]
         rows.append(row)
     return {"columns": columns, "rows": rows}
@@ -268,7 +276,7 @@ def _failures(page: _Page, src: ReportSources) -> None:
 
 
 _AUGMENT_SHOWN = ("config", "judge_mode", "embedder", "database", "search", "versions", "templates", "timings_s")
-_SCORE_SHOWN = ("config", "scorer", "embedder", "counts", "tokens_computed", "tokens_per_s", "tss_pp_stats",
+_SCORE_SHOWN = ("config", "scorer", "embedder", "variants", "counts", "tokens_computed", "tokens_per_s", "tss_pp_stats",
                 "timings", "cache", "versions")
 _SELECT_SHOWN = ("config", "counts", "dropped_by_reason", "cutoff_score", "ppl_bounds", "timings", "versions")
 

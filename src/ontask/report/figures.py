@@ -186,3 +186,19 @@ def budget_figure(curves: dict[str, dict[str, list[float]]], selected: tuple[flo
                                  marker={"color": "#d62728", "size": 11, "symbol": "x"}))
     return _layout(fig, "Rows kept as the token budget grows", x="token budget (prompt + output tokens)",
                    y="rows kept", height=360)
+
+
+def specificity_figure(values: list[float], checks: list[bool | None]) -> go.Figure | None:
+    """Per-constraint specificity, split by what the code check said of the same constraint."""
+    if not values:
+        return None
+    groups = [("violated (checker)", False, "#d62728"), ("passed (checker)", True, KEPT), ("no checker", None, DROPPED)]
+    fig = go.Figure()
+    for name, flag, color in groups:
+        xs = [v for v, c in zip(values, checks) if c is flag]
+        if xs:
+            fig.add_trace(go.Histogram(x=xs, name=f"{name}: {len(xs):,}", marker={"color": color}, opacity=0.75, nbinsx=40))
+    fig.update_layout(barmode="overlay")
+    fig.add_vline(x=0.0, line_dash="dot", line_color="#555")
+    return _layout(fig, "Per-constraint specificity: lp(output | instruction) \u2212 lp(output | without the constraint)",
+                   x="specificity (<= 0: the output does not depend on the constraint)", y="constraints", height=340)

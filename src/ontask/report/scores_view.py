@@ -36,6 +36,12 @@ class ScoreColumns:
     tokens: np.ndarray | None
     unreadable: list[str] = field(default_factory=list)
     has_hop: bool = False
+    # per-constraint specificity (`--alternatives variants`), flattened over rows, with the
+    # code check of the same constraint: True passed, False violated, None no checker
+    specificity: list[float] = field(default_factory=list)
+    specificity_check: list[bool | None] = field(default_factory=list)
+    rows_with_constraints: int = 0
+    rows_flagged: int = 0
 
     @property
     def n(self) -> int:
@@ -53,6 +59,9 @@ def read_score_columns(path: Path) -> ScoreColumns:
     tokens: list[float] = []
     unreadable: list[str] = []
     has_hop = False
+    spec: list[float] = []
+    spec_check: list[bool | None] = []
+    with_constraints = flagged = 0
     for chunk in iter_records(path):
         for loc, rec in chunk:
             if isinstance(rec, Failure):
@@ -63,10 +72,21 @@ def read_score_columns(path: Path) -> ScoreColumns:
                 cols[m].append(_number(rec.get(m)))
             tokens.append(_number(rec.get("tokens")))
             has_hop = has_hop or "hop" in rec
+            cs = rec.get("constraint_specificity")
+            if isinstance(cs, list) and cs:
+                with_constraints += 1
+                flagged += bool(rec.get("ignored_constraints"))
+                checks = rec.get("constraint_checks") or [None] * len(cs)
+                for x, c in zip(cs, checks):
+                    if isinstance(x, (int, float)) and math.isfinite(x):
+                        spec.append(float(x))
+                        spec_check.append(c if isinstance(c, bool) else None)
     values = {m: np.array(v, dtype=np.float64) for m, v in cols.items()}
     tok = np.array(tokens, dtype=np.float64)
     return ScoreColumns(path=path, lines=np.array(lines, dtype=np.int64), values=values,
-                        tokens=tok if np.isfinite(tok).any() else None, unreadable=unreadable, has_hop=has_hop)
+                        tokens=tok if np.isfinite(tok).any() else None, unreadable=unreadable, has_hop=has_hop,
+                        specificity=spec, specificity_check=spec_check, rows_with_constraints=with_constraints,
+                        rows_flagged=flagged)
 
 
 def _number(v: Any) -> float:

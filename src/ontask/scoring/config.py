@@ -16,7 +16,7 @@ class ScoreConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     metrics: list[Metric] = Field(default_factory=lambda: ["ppl", "ifd", "tss", "tss++"])
-    alternatives: Literal["random", "hard"] = "random"
+    alternatives: Literal["random", "hard", "variants"] = "random"
     k: int = Field(4, ge=1, le=64, description="alternative instructions per row")
     aggregator: Literal["logmeanexp", "mean", "max"] = "logmeanexp"
     lam: float = Field(0.1, ge=0, description="TSS++ weight of the quality term")
@@ -30,6 +30,14 @@ class ScoreConfig(BaseModel):
     share_prefix: bool = True
     base_url: str | None = None
     columns: dict[str, str] | None = None
+    # `variants` alternatives (TCIA's Remove/Replace of one constraint; tcia/variants.py)
+    decomposer: str = "embedded"
+    composer: str = "embedded"
+    verifier: str = "embedded"
+    db: str | None = Field(None, description="constraint database for Replace variants (none: Remove only)")
+    variant_refinements: int = Field(1, ge=0, le=4)
+    compose_max_tokens: int = Field(256, ge=16)
+    check: bool = Field(True, description="verify outputs against code-checkable constraints (IFEval checkers)")
 
     @field_validator("metrics")
     @classmethod

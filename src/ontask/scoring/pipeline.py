@@ -49,10 +49,14 @@ def _chunks(items: Iterator[list[Example | Failure]], size: int) -> Iterator[lis
 class Scoring:
     """One scoring run over one input file."""
 
-    def __init__(self, cfg: ScoreConfig, scorer: Scorer, cache: ResultCache, embedder: Any = None) -> None:
+    def __init__(self, cfg: ScoreConfig, scorer: Scorer, cache: ResultCache, embedder: Any = None,
+                 variants: Any = None) -> None:
         self.cfg, self.scorer, self.cache, self.embedder = cfg, scorer, cache, embedder
+        self.variant_maker = variants  # tcia.variants.VariantMaker, for `variants` alternatives
         self.pool = InstructionPool()
         self.hard: list[list[int]] = []
+        self.variant_sets: list[Any] = []  # VariantSet per pool index
+        self.pool_states: list[Any] = []  # the decomposition a row carried, per pool index
         self.counts = {"rows_read": 0, "rows_scored": 0, "rows_failed": 0,
                        "passes_needed": 0, "passes_cached": 0, "passes_computed": 0, "pass_errors": 0}
         self.timings: dict[str, float] = {}
@@ -67,7 +71,12 @@ class Scoring:
         for chunk in read_examples(path, self.cfg.columns):
             for item in chunk:
                 if isinstance(item, Example):
+                    before = len(self.pool)
                     self.pool.add(item.instruction)
+                    if "variants" in kinds and len(self.pool) > before:
+                        from ..tcia.variants import state_from_row
+
+                        self.pool_states.append(state_from_row(item.fields))
         if "random" in kinds and len(self.pool) - 1 < self.cfg.k:
             raise ValueError(
                 f"{path}: random alternatives need at least k+1={self.cfg.k + 1} distinct instructions, "
@@ -78,6 +87,11 @@ class Scoring:
                 raise ValueError("hard alternatives need an embedder")
             emb = self.embedder.embed(self.pool.texts)
             self.hard = hard_neighbours(emb, self.cfg.k, self.cfg.near_duplicate)
+        if "variants" in kinds:
+            if self.variant_maker is None:
+                raise ValueError("variants alternatives need a VariantMaker (decomposer, composer, verifier)")
+            self.variant_sets = self.variant_maker.build(self.pool.texts, self.pool_states)
+            self.counts.update(_variant_counts(self.variant_sets))
         self.timings["alternatives_s"] = round(time.perf_counter() - t, 3)
 
     def _alternatives_for(self, seq: int, ex: Example) -> dict[str, list[str]]:
@@ -86,12 +100,18 @@ class Scoring:
             return out
         idx = self.pool.index[ex.instruction]
         for kind in self.cfg.alternative_kinds:
+            if kind == "variants":
+                out[kind] = self.variant_sets[idx].texts(self.cfg.k)
+                continue
             if kind == "random":
                 picks = random_alternatives(len(self.pool), idx, self.cfg.k, self.cfg.seed, seq)
             else:
                 picks = self.hard[idx]
             out[kind] = [self.pool.texts[p] for p in picks]
         return out
+
+    def _variants_for(self, ex: Example) -> Any:
+        return self.variant_sets[self.pool.index[ex.instruction]] if self.variant_sets else None
 
     # -- phase 2 ----------------------------------------------------------------------
     def run_passes(self, plans: list[RowPlan]) -> dict[PassRequest, PassOutcome]:
@@ -139,7 +159,7 @@ class Scoring:
                         self.counts["rows_failed"] += 1
                         continue
                     self.counts["rows_read"] += 1
-                    plans.append(plan_row(seq, item, self.cfg, self._alternatives_for(seq, item)))
+                    plans.append(plan_row(seq, item, self.cfg, self._alternatives_for(seq, item), self._variants_for(item)))
                 results = self.run_passes(plans)
                 lines = []
                 for plan in plans:
@@ -185,6 +205,15 @@ class Scoring:
                 writer.write(rows)
 
 
+def _variant_counts(sets: list[Any]) -> dict[str, int]:
+    variants = [v for vs in sets for v in vs.variants]
+    return {"variant_instructions": len(sets),
+            "variant_instructions_without": sum(1 for vs in sets if not vs.texts(1)),
+            "variants_cut": sum(1 for v in variants if v.text and v.method == "cut"),
+            "variants_composed": sum(1 for v in variants if v.text and v.method == "composed"),
+            "variants_failed": sum(1 for v in variants if not v.text)}
+
+
 def run_score(
     input_path: str | os.PathLike,
     output: str | os.PathLike,
@@ -193,16 +222,24 @@ def run_score(
     scorer: Scorer,
     cache: ResultCache,
     embedder: Any = None,
+    variants: Any = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Score `input_path` into `output`; returns the manifest also written to run.json."""
+    """Score `input_path` into `output`; returns the manifest also written to run.json.
+
+    `variants` (a tcia.variants.VariantMaker) is needed for `--alternatives variants`;
+    the variants of every distinct instruction are written to variants.jsonl beside the output.
+    """
     path = Path(input_path)
     run = RunPaths.at(output)
-    job = Scoring(cfg, scorer, cache, embedder)
+    job = Scoring(cfg, scorer, cache, embedder, variants)
     started = time.time()
     t = time.perf_counter()
     try:
         job.build_alternatives(path)
+        if job.variant_sets:
+            with AtomicWriter(run.dir / "variants.jsonl") as w:
+                w.write([{"instruction": text, **vs.to_json()} for text, vs in zip(job.pool.texts, job.variant_sets)])
         t2 = time.perf_counter()
         tss_stats, q_stats = job.score_all(path, run, progress)
         t3 = time.perf_counter()
@@ -221,6 +258,7 @@ def run_score(
         "config": cfg.model_dump(),
         "scorer": scorer.describe(),
         "embedder": getattr(embedder, "name", None),
+        "variants": variants.describe() if variants is not None and job.variant_sets else None,
         "versions": versions(),
         "counts": job.counts,
         "tokens_computed": job.tokens_computed,

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..backends.base import PassError, PassOutcome, PassRequest, PassResult, build_user_turn
 from ..cache import cache_key
 from ..records import Example
 from . import scores as S
 from .config import ScoreConfig
+
+if TYPE_CHECKING:
+    from ..tcia.variants import VariantSet
 
 
 @dataclass(slots=True)
@@ -22,6 +25,7 @@ class RowPlan:
     true: PassRequest
     empty: PassRequest | None
     alternatives: dict[str, list[tuple[str, PassRequest]]] = field(default_factory=dict)
+    variants: "VariantSet | None" = None  # the instruction's constraints and their variants
 
     def requests(self) -> list[PassRequest]:
         reqs = [self.true]
@@ -32,7 +36,8 @@ class RowPlan:
         return reqs
 
 
-def plan_row(seq: int, ex: Example, cfg: ScoreConfig, alternatives: dict[str, list[str]]) -> RowPlan:
+def plan_row(seq: int, ex: Example, cfg: ScoreConfig, alternatives: dict[str, list[str]],
+             variants: "VariantSet | None" = None) -> RowPlan:
     """Build the row's pass requests; `alternatives` maps kind -> alternative instructions."""
     true = PassRequest(build_user_turn(ex.instruction, ex.input), ex.output)
     empty = PassRequest("", ex.output) if cfg.needs_empty else None
@@ -40,7 +45,7 @@ def plan_row(seq: int, ex: Example, cfg: ScoreConfig, alternatives: dict[str, li
         kind: [(text, PassRequest(build_user_turn(text, ex.input), ex.output)) for text in texts]
         for kind, texts in alternatives.items()
     }
-    return RowPlan(seq, ex, true, empty, alts)
+    return RowPlan(seq, ex, true, empty, alts, variants)
 
 
 def pass_key(fingerprint: str, req: PassRequest) -> str:
@@ -85,7 +90,9 @@ def row_scores(plan: RowPlan, results: dict[PassRequest, PassOutcome], cfg: Scor
             out["ifd_ppl"] = S.ifd_ppl(lp_true, lp_empty)
     for kind, alts in plan.alternatives.items():
         if not alts:
-            raise RowFailed(f"no {kind} alternative instruction (all are near duplicates)")
+            why = (plan.variants.failure if kind == "variants" and plan.variants is not None and plan.variants.failure
+                   else "all are near duplicates" if kind == "hard" else "none could be written")
+            raise RowFailed(f"no {kind} alternative instruction ({why})")
         lps = [_lp(results.get(req), f"{kind} alternative").mean_logprob for _, req in alts]
         value = S.tss(lp_true, lps, cfg.aggregator)
         top = max(range(len(lps)), key=lambda i: lps[i])
@@ -94,9 +101,40 @@ def row_scores(plan: RowPlan, results: dict[PassRequest, PassOutcome], cfg: Scor
             out["tss_top_alt"] = alts[top][0]
         if "tss++" in cfg.metrics and kind == "hard":
             out["tss_hard"] = value
+    if plan.variants is not None and plan.variants.constraints:
+        out.update(constraint_scores(plan, lp_true, results, cfg))
     if "tss++" in cfg.metrics:
         q = lp_true if cfg.quality == "lp" else 1.0 - out["ifd"]
         if not math.isfinite(q):
             raise RowFailed(f"quality term is not finite ({q})")
         out["_q"] = q
+    return out
+
+
+def constraint_scores(plan: RowPlan, lp_true: float, results: dict[PassRequest, PassOutcome],
+                      cfg: ScoreConfig) -> dict[str, Any]:
+    """Per-constraint specificity, lp(output | full) - lp(output | without C_i), and code checks.
+
+    Aligned with the row's constraints; None where the Remove variant could not be written
+    (or its pass failed). A constraint is `ignored` when the output does not depend on it
+    (specificity <= 0) and a checker says the output violates it.
+    """
+    vs = plan.variants
+    assert vs is not None
+    by_text = {text: req for alts in plan.alternatives.values() for text, req in alts}
+    spec: list[float | None] = []
+    for i in range(len(vs.constraints)):
+        text = vs.remove_text(i)
+        req = by_text.get(text) if text else None
+        res = results.get(req) if req is not None else None
+        spec.append(lp_true - res.mean_logprob if isinstance(res, PassResult) else None)
+    out: dict[str, Any] = {"constraints": [c.text for c in vs.constraints], "constraint_specificity": spec}
+    if cfg.check:
+        from ..checks.verify import check_constraints
+
+        checks = check_constraints([c.text for c in vs.constraints], plan.example.output, plan.example.instruction)
+        out["constraint_checks"] = [c.passed for c in checks]
+        out["ignored_constraints"] = [c.constraint for c, s in zip(checks, spec)
+                                      if c.passed is False and s is not None and s <= 0]
+        out["violated_constraints"] = [c.constraint for c in checks if c.passed is False]
     return out

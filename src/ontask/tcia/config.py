@@ -53,6 +53,7 @@ class AugmentConfig(BaseModel):
     response_max_tokens: int = Field(512, ge=16)
     response_temperature: float = Field(0.0, ge=0)
     min_response_score: float | None = Field(None, ge=1, le=5, description="floor on the best answer's mean")
+    check: bool = Field(True, description="drop answers that violate a code-checkable constraint before the judge")
 
     # metrics
     on_task: bool = True

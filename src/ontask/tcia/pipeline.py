@@ -283,8 +283,12 @@ def _respond(valid: list[Item], inputs: Sequence[str], cfg: AugmentConfig, roles
     # each responder its own seed: one model listed twice at temperature > 0 gives two samples
     answers = {i: answer(g, texts, max_tokens=cfg.response_max_tokens, temperature=cfg.response_temperature,
                          seed=cfg.seed * 1_000 + i, tick=tick) for i, g in responders}
-    # judge every answer that exists, in one batch
+    from ..checks.verify import check_constraints  # the checker library loads only for augment
+
+    # judge every answer that exists and passes the code checks of its constraints, in one batch
     todo: list[tuple[int, int]] = []  # (pair index, responder index)
+    checks: dict[tuple[int, int], list[bool | None]] = {}
+    checked_out: set[int] = set()  # pairs with an answer that a code check rejected
     for p, (it, j) in enumerate(pairs):
         for i, g in responders:
             r = answers[i][p]
@@ -293,6 +297,16 @@ def _respond(valid: list[Item], inputs: Sequence[str], cfg: AugmentConfig, roles
             elif r.truncated:  # half an answer is not a training row
                 failures.append(_failure("respond", it, f"the answer was cut off at max_tokens={cfg.response_max_tokens}",
                                          g.name, input_index=j))
+            elif cfg.check and it.node.state.constraints:
+                results = check_constraints([c.text for c in it.node.state.constraints], r.text, it.instruction)
+                checks[(p, i)] = [c.passed for c in results]
+                broken = [c for c in results if c.passed is False]
+                if broken:  # code can tell: no need to ask the judge
+                    checked_out.add(p)
+                    failures.append(_failure("check", it, "; ".join(f"violates '{c.constraint}' ({c.reason})" for c in broken),
+                                             g.name, input_index=j))
+                else:
+                    todo.append((p, i))
             else:
                 todo.append((p, i))
     tick = stage("judge answers", len(todo))
@@ -310,12 +324,14 @@ def _respond(valid: list[Item], inputs: Sequence[str], cfg: AugmentConfig, roles
     for p, (it, j) in enumerate(pairs):
         best = best_answer(by_pair.get(p, []))
         if best is None:
-            rows.append({"_pair": p, "_status": "unanswered", "_item": it, "input_index": j})
+            status = "check_failed" if p in checked_out and not by_pair.get(p) else "unanswered"
+            rows.append({"_pair": p, "_status": status, "_item": it, "input_index": j})
             continue
         i, v = best
         status = "kept" if cfg.min_response_score is None or v.mean >= cfg.min_response_score else "below_floor"
         rows.append({"_pair": p, "_status": status, "_item": it, "input_index": j, "responder": i, "judged": v,
-                     "response": answers[i][p].text, "candidates": [(k, w.mean) for k, w in by_pair[p]]})
+                     "response": answers[i][p].text, "candidates": [(k, w.mean) for k, w in by_pair[p]],
+                     "checks": checks.get((p, i))})
         if status == "kept":
             it.kept_rows += 1
     return rows
@@ -351,6 +367,7 @@ def _data_row(row: dict[str, Any], inputs: Sequence[str], cfg: AugmentConfig, se
         "task_type": state.task_type,
         "base_query": state.base_query,
         "constraints": [c.to_json() for c in state.constraints],
+        "constraint_checks": row.get("checks"),  # aligned with constraints: True, False, None (no checker)
         "input_index": row["input_index"],
     }
 
@@ -376,7 +393,8 @@ def _funnel(items: list[Item], rows: list[dict[str, Any]], n_seeds: int, seeds_u
     unique = verified - count("duplicate")
     valid = count("valid")
     paired = len(rows)
-    answered = sum(1 for r in rows if r["_status"] != "unanswered")
+    check_failed = sum(1 for r in rows if r["_status"] == "check_failed")
+    answered = sum(1 for r in rows if r["_status"] not in ("unanswered", "check_failed"))
     kept = sum(1 for r in rows if r["_status"] == "kept")
     return {
         "seeds": n_seeds, "seeds_used": seeds_used,
@@ -386,7 +404,7 @@ def _funnel(items: list[Item], rows: list[dict[str, Any]], n_seeds: int, seeds_u
             "not_sampled": count("not_sampled"), "compose_failed": count("compose_failed"),
             "verify_failed": count("verify_failed"), "unverified": count("unverified"),
             "duplicate": count("duplicate"), "validity_failed": count("validity_failed"), "invalid": count("invalid"),
-            "unanswered": paired - answered, "below_floor": answered - kept,
+            "unanswered": paired - answered - check_failed, "check_failed": check_failed, "below_floor": answered - kept,
         },
     }
 

@@ -244,6 +244,22 @@ class _Search:
         queue.append(child)
 
 
+def best_replacements(state: InstructionState, db: SearchDB, embed: EmbedFn, near_duplicate: float = 0.95,
+                      ) -> dict[str, Constraint | None]:
+    """For each constraint of `state`, the most similar legal replacement in its task's cluster.
+
+    The Replace edit of the search, made deterministic (the best, not a random draw):
+    used to build counterfactual `variants` of an instruction for TSS.
+    """
+    memo = _Memo(embed)
+    t_vec = np.asarray(embed([state.task_type]), dtype=np.float32)[0]
+    cluster, _ = db.nearest_cluster_with_score(t_vec)
+    pool = db.constraints(cluster)
+    replacer = _Replacer(db, cluster, len(pool), memo, near_duplicate)
+    memo.ensure(state.constraints)
+    return {c.key: replacer.best(c, state.keys) for c in state.constraints}
+
+
 def sample_nodes(nodes: Sequence[Node], k: int, seed: int) -> list[Node]:
     """k nodes drawn without replacement (seeded), in discovery order; all when fewer."""
     if len(nodes) <= k:
