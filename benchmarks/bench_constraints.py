@@ -115,7 +115,7 @@ def flags() -> None:
     cm_check = dict(cm)
     spec = {"satisfy": [], "ignore": []}
     for r in got.values():
-        i = r["constraints"].index(r["_target"])
+        i = [c["text"] for c in r["constraints"]].index(r["_target"])
         flagged = r["_target"] in r["ignored_constraints"]
         cm[(r["_kind"], flagged)] += 1
         cm_check[(r["_kind"], r["constraint_checks"][i] is False)] += 1

@@ -88,7 +88,7 @@ def test_per_constraint_specificity_matches_a_hand_computation(tmp_path, tiny_di
 
         lp_true = lp(row["instruction"])
         want = [lp_true - lp(text) for text in CUT[i]]
-        assert got["constraints"] == [c["text"] for c in row["constraints"]]
+        assert got["constraints"] == row["constraints"]  # the row's own list, kept as it was
         assert got["constraint_specificity"] == pytest.approx(want, abs=1e-5)
         alt = [lp(text) for text in CUT[i]]
         assert got["tss"] == pytest.approx(lp_true - math.log(sum(math.exp(a) for a in alt) / len(alt)), abs=1e-5)
@@ -157,7 +157,8 @@ def test_variants_without_a_decomposition_are_decomposed_composed_and_verified(t
     assert note["constraints"] == [] and note["failure"] == "no constraints to vary"
     failed = read_jsonl(tmp_path / "out" / "failed.jsonl")
     assert len(failed) == 1 and "no constraints to vary" in failed[0]["reason"]
-    for row in out:
+    for row in out:  # decomposed here: the constraints are added to the row, aligned with the scores
+        assert [c["text"] for c in row["constraints"]] == [c["text"] for c in variants[0]["constraints"]]
         assert len(row["constraint_specificity"]) == len(row["constraints"])
         assert row["tss_top_alt"] in [x["text"] for v in variants for x in v["variants"]]
     assert manifest["counts"]["variants_composed"] + manifest["counts"]["variants_cut"] > 0

@@ -128,7 +128,9 @@ def constraint_scores(plan: RowPlan, lp_true: float, results: dict[PassRequest, 
         req = by_text.get(text) if text else None
         res = results.get(req) if req is not None else None
         spec.append(lp_true - res.mean_logprob if isinstance(res, PassResult) else None)
-    out: dict[str, Any] = {"constraints": [c.text for c in vs.constraints], "constraint_specificity": spec}
+    out: dict[str, Any] = {"constraint_specificity": spec}
+    if not isinstance(plan.example.fields.get("constraints"), list):  # a row's own list is aligned already: keep it
+        out["constraints"] = [c.to_json() for c in vs.constraints]
     if cfg.check:
         from ..checks.verify import check_constraints
 
