@@ -84,14 +84,18 @@ _REL = (r"(less than|fewer than|under|below|shorter than|at most|no more than|no
 
 
 def _counted(text: str, noun: str) -> list[tuple[str, int, str]]:
-    """(relation, n, evidence) for '<relation> N <noun>' and 'N+ <noun>' / 'N or more <noun>'."""
+    """(relation, n, evidence) for '<relation> N <noun>', 'N+ <noun>', 'N <noun> or less', 'A to B <noun>'."""
     out = []
+    for m in re.finditer(r"(\d+)\s*(?:to|-|–)\s*(\d+)\s+" + noun, text):  # a range: both bounds
+        return [(AT_LEAST, int(m.group(1)), m.group(0)), (LESS, int(m.group(2)) + 1, m.group(0))]
+    text = re.sub(_NUM + r"(\s+" + noun + r")\s+or\s+(?:less|fewer)", r"at most \1\2", text)
+    text = re.sub(_NUM + r"(\s+" + noun + r")\s+or\s+more", r"at least \1\2", text)
     for m in re.finditer(_REL + r"\s+(?:of\s+)?" + _NUM + r"\s+(?:\w+\s+)?" + noun, text):
         n = number(m.group(2))
         if n is not None:
             out += [(rel, k, m.group(0)) for rel, k in relation(m.group(1), n)]
     if not out:
-        for m in re.finditer(_NUM + r"\s*(\+|or more|or fewer|or less|at most|at least)?\s*(?:\w+\s+)?" + noun, text):
+        for m in re.finditer(_NUM + r"[\s-]*(\+|or more|or fewer|or less|at most|at least)?[\s-]*(?:\w+\s+)?" + noun, text):
             n = number(m.group(1))
             if n is None:
                 continue
@@ -126,9 +130,11 @@ def _length(t: str, _: str) -> list[CheckSpec]:
         nth = re.search(r"(?:paragraph\s+(?:number\s+)?(\d+|" + "|".join(_ORDINALS) + r")|(\d+)(?:st|nd|rd|th|-?st|-?nd|-?rd|-?th)\s+paragraph|("
                         + "|".join(_ORDINALS) + r")\s+paragraph)", t)
         first = re.search(r"(?:start|begin)s?\s+with\s+(?:the\s+)?(?:word\s+)?[\"'`*]*([a-z0-9\-']+)", t)
+        if first and not nth and re.search(r"(last|final) paragraph", t):
+            nth = re.search(r"(last|final) paragraph", t)
         if nth and first:
             raw = next(g for g in nth.groups() if g)
-            k = _ORDINALS.get(raw) or number(raw.rstrip("stndrh-"))
+            k = n if raw in ("last", "final") else _ORDINALS.get(raw) or number(raw.rstrip("stndrh-"))
             out.append(CheckSpec("length_constraints:nth_paragraph_first_word",
                                  {"num_paragraphs": n, "nth_paragraph": k, "first_word": first.group(1).strip("'")},
                                  para.group(0)))
@@ -137,7 +143,9 @@ def _length(t: str, _: str) -> list[CheckSpec]:
     elif "***" in t and re.search(r"separat|divider|format", t):
         # "Separate A and B with ***" (2 parts), or a template "Part 1 *** Part 2 *** Part 3"
         example = re.split(r"example|format below|following format|exact format", t, maxsplit=1)
-        n = example[1].count("***") + 1 if len(example) > 1 and "***" in example[1] else 2
+        parts = re.search(_NUM + r"\s+(?:\w+\s+)?(?:parts|sections|paragraphs|steps|stanzas|verses)\b", t)
+        n = (number(parts.group(1)) if parts and number(parts.group(1)) else
+             example[1].count("***") + 1 if len(example) > 1 and "***" in example[1] else 2)
         out.append(CheckSpec("length_constraints:number_paragraphs", {"num_paragraphs": n}, "***"))
     return out
 
@@ -152,7 +160,7 @@ def _format(t: str, original: str) -> list[CheckSpec]:
     if bullets and number(bullets.group(1)) is not None and not _bounded_above(t, bullets.start()) \
             and not _bounded_below(t, bullets.start()):
         out.append(CheckSpec("detectable_format:number_bullet_lists", {"num_bullets": number(bullets.group(1))}, bullets.group(0)))
-    if re.search(r"highlight|\*highlighted", t):
+    if re.search(r"highlight|\*highlighted|italic", t):
         m = re.search(_REL + r"?\s*" + _NUM + r"\s+(?:\w+\s+){0,3}?(?:sections?|parts?|phrases?|words?|highlights?)", t)
         n = number(m.group(2)) if m else 1
         if n is not None and not (m and _bounded_above(t, m.start(2))):
@@ -216,6 +224,9 @@ def _keywords(t: str, original: str) -> list[CheckSpec]:
                   r"(?:following\s+)?(?:key)?words?\s*:?\s+(.+)", t)
     if not m:
         m = re.search(r"(?:the\s+)?(?:key)?words?\s+(.+?)\s+(?:should|must|may|can)\s*(?:not|never)\s+(?:appear|be used|be included|be mentioned)", t)
+    if not m:  # "Do not include 'can' and 'ride'", "Do not say 'yes' or 'no'"
+        m = re.search(r"(?:do not|don't|never|avoid|without)\s+(?:\w+\s+){0,2}?(?:include|including|use|using|say|saying|mention|"
+                      r"mentioning|write|writing)\s+((?:[\"'“][^\"'”]+[\"'”](?:\s*,\s*|\s+(?:and|or|nor)\s+)?)+)", t)
     if m and "letter" not in m.group(0)[:40] and "comma" not in m.group(0):
         start = m.start(1)
         words = _word_list(low_orig[start:] if len(low_orig) == len(t) else m.group(1))
@@ -285,15 +296,17 @@ def _language(t: str, _: str) -> list[CheckSpec]:
 
 def _start_end_content(t: str, original: str) -> list[CheckSpec]:
     out: list[CheckSpec] = []
-    end = re.search(r"(?:end|finish|conclude|close)\s+(?:your|the)?\s*(?:response|answer|reply|email|letter|story|essay|poem|it)?\s*"
-                    r"(?:with|by)\s+(?:the|this|a)?\s*(?:exact\s+)?(?:phrase|sentence|words?|question)?\s*:?\s*", t)
+    end = re.search(r"(?:end|finish|conclude|close)\s+(?:your|the|this)?\s*(?:entire\s+|whole\s+)?(?:response|answer|reply|email|letter|"
+                    r"story|essay|poem|song|it)?\s*(?:with|by)\s+(?:the|this|a)?\s*(?:exact\s+)?(?:phrase|sentence|words?|question)?\s*:?\s*", t) or \
+        re.search(r"(?:very\s+)?end of (?:your|the) (?:\w+\s+)?(?:response|answer|reply)\s+(?:should|must)\s+(?:read|be)\s*:?\s*", t)
     if end:
         rest = original[end.end():] if len(original) == len(t) else t[end.end():]
         q = _quoted(rest[:200])
-        phrase = q[0] if q else re.split(r"\.\s|\n", rest.strip())[0].strip()
+        # an unquoted phrase runs to the end of its line, keeping its own final period
+        phrase = q[0] if q else re.split(r"(?<=[.!?])\s+(?=[A-Z])|\n", rest.strip())[0].strip()
         if phrase and "p.s" not in phrase.lower():
             out.append(CheckSpec("startend:end_checker", {"end_phrase": phrase.strip()}, end.group(0)))
-    if re.search(r"(wrap|enclose|surround|put)[^.]{0,50}?(double quot|quotation marks|in quotes|\"\")", t):
+    if re.search(r"(wrap|enclose|surround|put)[^.]{0,80}?(double quot|quotation marks|in quotes|\"\")", t):
         out.append(CheckSpec("startend:quotation", {}, "double quotation marks"))
     ph = re.search(r"(?:" + _REL + r"\s+)?" + _NUM + r"\s+(?:\w+\s+)?placeholders?", t) or (
         re.search(r"placeholders?[^.]{0,60}?" + _REL + r"?\s*" + _NUM, t))
@@ -314,12 +327,20 @@ def _start_end_content(t: str, original: str) -> list[CheckSpec]:
 
 
 def _repeat(t: str, original: str, prompt: str | None) -> list[CheckSpec]:
-    if not re.search(r"repeat (?:the|this|my) (?:exact |same |above )?(?:request|question|prompt|instruction|sentence|query|text)", t):
+    if not re.search(r"repeat (?:the |this |my |all )?(?:exact |same |above |whole )?(?:request|question|prompt|instruction|sentence|query|text)", t):
         return []
     to_repeat = ""
     if prompt:
-        cut = prompt.find(original) if original else -1
-        to_repeat = (prompt[:cut] if cut > 0 else prompt).strip()
+        # where the constraint sits in the prompt as written (its line breaks kept: the
+        # checker compares the response's start with this text)
+        words = original.split()
+        at = re.search(r"\s+".join(map(re.escape, words)), prompt) if words else None
+        if at and re.search(r"\b(below|following)\b", t):  # the request comes after this sentence
+            to_repeat = prompt[at.end():].strip() or prompt.strip()
+        elif at and at.start() > 0:
+            to_repeat = prompt[: at.start()].strip()
+        else:
+            to_repeat = prompt.strip()
     return [CheckSpec("combination:repeat_prompt", {"prompt_to_repeat": to_repeat}, "repeat the request")]
 
 
