@@ -60,3 +60,24 @@ def test_numbers_and_relations_follow_ifeval_conventions():
     assert relation("more than", 5) == [("at least", 6)]
     assert relation("exactly", 5) == [("at least", 5), ("less than", 6)]
     assert CheckSpec("punctuation:no_comma").to_json() == {"instruction_id": "punctuation:no_comma", "kwargs": {}}
+
+
+def test_mapped_checks_pass_satisfying_responses_and_catch_ignored_constraints():
+    """Hand-written responses (tests/data/ifeval_responses.json) through mapper + checkers."""
+    from ontask.checks.verify import check_constraints
+
+    prompts = read_prompts(shared("ifeval_dev.jsonl"))
+    cuts = {r["key"]: r for r in json.loads((FIXTURES / "ifeval_cut50.json").read_text(encoding="utf-8"))}
+    cases = json.loads((FIXTURES / "ifeval_responses.json").read_text(encoding="utf-8"))
+    caught = 0
+    for case in cases:
+        prompt = prompts[case["key"]]
+        spans = cuts[case["key"]]["constraints"]
+        texts = [prompt[c["span"][0]: c["span"][1]] for c in spans]
+        target = texts[[c["instruction_id"] for c in spans].index(case["target"])]
+        ok = check_constraints(texts, case["satisfy"], prompt)
+        assert [c.constraint for c in ok if c.passed is False] == [], case["key"]
+        bad = check_constraints(texts, case["ignore"], prompt)
+        caught += any(c.constraint == target and c.passed is False for c in bad)
+    print(f"\nignored target caught in {caught} of {len(cases)}")
+    assert caught == len(cases)

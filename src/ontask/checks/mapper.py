@@ -140,7 +140,7 @@ def _length(t: str, _: str) -> list[CheckSpec]:
                                  para.group(0)))
         else:
             out.append(CheckSpec("length_constraints:number_paragraphs", {"num_paragraphs": n}, para.group(0)))
-    elif "***" in t and re.search(r"separat|divider|format", t):
+    elif "***" in t and "******" not in t and re.search(r"separat|divider|format", t):  # ****** splits two responses
         # "Separate A and B with ***" (2 parts), or a template "Part 1 *** Part 2 *** Part 3"
         example = re.split(r"example|format below|following format|exact format", t, maxsplit=1)
         parts = re.search(_NUM + r"\s+(?:\w+\s+)?(?:parts|sections|paragraphs|steps|stanzas|verses)\b", t)
@@ -160,7 +160,10 @@ def _format(t: str, original: str) -> list[CheckSpec]:
     if bullets and number(bullets.group(1)) is not None and not _bounded_above(t, bullets.start()) \
             and not _bounded_below(t, bullets.start()):
         out.append(CheckSpec("detectable_format:number_bullet_lists", {"num_bullets": number(bullets.group(1))}, bullets.group(0)))
-    if re.search(r"highlight|\*highlighted|italic", t):
+    # markdown highlighting, not "use capitals to highlight key points"
+    if re.search(r"italic|\*highlighted|highlight\w*\s+(?:at least\s+)?(?:\w+\s+){0,3}?(?:sections?|parts?|phrases?|text)\b|"
+                 r"(?:sections?|parts?|phrases?)\s+(?:\w+\s+){0,2}?highlighted", t) \
+            and re.search(r"markdown|\*|italic|highlighted section", t):
         m = re.search(_REL + r"?\s*" + _NUM + r"\s+(?:\w+\s+){0,3}?(?:sections?|parts?|phrases?|words?|highlights?)", t)
         n = number(m.group(2)) if m else 1
         if n is not None and not (m and _bounded_above(t, m.start(2))):
