@@ -18,8 +18,9 @@ flags     tests/data/ifeval_responses.json: for IFEval prompts, a response that 
           specificity for both kinds of response.
 variants  rows of ../shared/data/user_oriented_dev.jsonl (the first --limit): TSS with `random`
           alternatives and with `variants` (decomposed and written back by the embedded
-          SmolLM2, Remove only: there is no constraint database for these tasks), k=4, the
-          embedded scorer; mean TSS of both on the rows both scored.
+          SmolLM2, or with --hand-cut the decompositions in tests/data/user_oriented_cut40.json
+          cut out as text; Remove only: there is no constraint database for these tasks), k=4,
+          the embedded scorer; mean TSS of both on the rows both scored.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def flags() -> None:
         t = Table(title=f"{title} ({len(cases)} prompts x 2 responses, embedded SmolLM2)")
         t.add_column("truth"); t.add_column("flagged", justify="right"); t.add_column("not flagged", justify="right")
         for truth in ("ignore", "satisfy"):
-            t.add_row(f"response {truth}s the target", str(m[(truth, True)]), str(m[(truth, False)]))
+            t.add_row({"ignore": "response ignores the target", "satisfy": "response satisfies it"}[truth], str(m[(truth, True)]), str(m[(truth, False)]))
         console.print(t)
     t = Table(title="specificity of the target constraint: lp(out | full) - lp(out | without it)")
     for col in ("response", "n", "mean", "median", "share <= 0"):
@@ -137,28 +138,43 @@ def flags() -> None:
     console.print(t)
 
 
-def variants(limit: int) -> None:
+def variants(limit: int, refinements: int, hand_cut: bool) -> None:
     from ontask.generation import CachedGenerator, load_generator
     from ontask.cache import ResultCache
     from ontask.scoring import ScoreConfig
     from ontask.tcia.variants import VariantMaker
 
+    hand = {}
+    if hand_cut:  # decompositions by hand (spans of the instruction): variants are cut, no model writes them
+        for d in json.loads((FIXTURES / "user_oriented_cut40.json").read_text(encoding="utf-8")):
+            hand[d["id"]] = d
     rows = []
     for line in (SHARED / "user_oriented_dev.jsonl").read_text(encoding="utf-8").splitlines()[:limit]:
         r = json.loads(line)
         inst = r["instances"][0]
-        rows.append({"instruction": r["instruction"], "input": inst["input"], "output": inst["output"]})
+        row = {"instruction": r["instruction"], "input": inst["input"], "output": inst["output"]}
+        if hand_cut:
+            d = hand[r["id"]]
+            bq = d.get("base_query_span")
+            row.update(task_type=d["task_type"], base_query=r["instruction"][bq[0]:bq[1]] if bq else r["instruction"],
+                       constraints=[{"text": r["instruction"][c["span"][0]:c["span"][1]], "category": c["category"]}
+                                    for c in d["constraints"]])
+        rows.append(row)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         random_rows = _score(rows, tmp / "random", ScoreConfig(metrics=["tss"], alternatives="random", k=4))
-        gen = CachedGenerator(load_generator("embedded"), ResultCache(tmp / "cache.sqlite"))
-        maker = VariantMaker(decomposer=gen, composer=gen, verifier=gen, max_refinements=1)
+        if hand_cut:
+            maker = VariantMaker(decomposer=None, composer=None, verifier=None)
+        else:
+            gen = CachedGenerator(load_generator("embedded"), ResultCache(tmp / "cache.sqlite"))
+            maker = VariantMaker(decomposer=gen, composer=gen, verifier=gen, max_refinements=refinements)
         variant_rows = _score(rows, tmp / "variants", ScoreConfig(metrics=["tss"], alternatives="variants", k=4), maker)
         vsets = [json.loads(line) for line in (tmp / "variants" / "variants.jsonl").read_text(encoding="utf-8").splitlines()]
         failed = [json.loads(line) for line in (tmp / "variants" / "failed.jsonl").read_text(encoding="utf-8").splitlines()]
     by_inst = {r["instruction"]: r["tss"] for r in random_rows}
     pairs = [(by_inst[r["instruction"]], r["tss"]) for r in variant_rows if r["instruction"] in by_inst]
-    t = Table(title=f"TSS by alternatives, user_oriented_dev first {limit} rows, embedded SmolLM2, k=4")
+    how = "hand-cut decompositions" if hand_cut else f"embedded decomposer + composer, {refinements} refinement round(s)"
+    t = Table(title=f"TSS by alternatives, user_oriented_dev first {limit} rows, embedded SmolLM2 scorer, k=4, {how}")
     for col in ("alternatives", "rows scored", "mean TSS", "median TSS"):
         t.add_column(col, justify="right")
     t.add_row("random", str(len(random_rows)), f"{statistics.mean(a for a, _ in pairs):.4f}", f"{statistics.median(a for a, _ in pairs):.4f}")
@@ -180,6 +196,9 @@ def main() -> None:
     sub.add_parser("flags")
     v = sub.add_parser("variants")
     v.add_argument("--limit", type=int, default=40)
+    v.add_argument("--refinements", type=int, default=1, help="composer rounds after a failed verification")
+    v.add_argument("--hand-cut", action="store_true", help="use tests/data/user_oriented_cut40.json decompositions "
+                   "(constraints cut out of the instruction as text) instead of the embedded decomposer and composer")
     args = ap.parse_args()
     if not SHARED.exists():
         sys.exit(f"{SHARED} not found")
@@ -188,7 +207,7 @@ def main() -> None:
     elif args.what == "flags":
         flags()
     else:
-        variants(args.limit)
+        variants(args.limit, args.refinements, args.hand_cut)
 
 
 if __name__ == "__main__":
