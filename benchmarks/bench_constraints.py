@@ -175,10 +175,12 @@ def variants(limit: int, refinements: int, hand_cut: bool) -> None:
     pairs = [(by_inst[r["instruction"]], r["tss"]) for r in variant_rows if r["instruction"] in by_inst]
     how = "hand-cut decompositions" if hand_cut else f"embedded decomposer + composer, {refinements} refinement round(s)"
     t = Table(title=f"TSS by alternatives, user_oriented_dev first {limit} rows, embedded SmolLM2 scorer, k=4, {how}")
-    for col in ("alternatives", "rows scored", "mean TSS", "median TSS"):
+    for col in ("alternatives", "rows scored", "mean TSS, all its rows", "mean TSS, rows both scored", "median, rows both scored"):
         t.add_column(col, justify="right")
-    t.add_row("random", str(len(random_rows)), f"{statistics.mean(a for a, _ in pairs):.4f}", f"{statistics.median(a for a, _ in pairs):.4f}")
-    t.add_row("variants", str(len(variant_rows)), f"{statistics.mean(b for _, b in pairs):.4f}", f"{statistics.median(b for _, b in pairs):.4f}")
+    t.add_row("random", str(len(random_rows)), f"{statistics.mean(r['tss'] for r in random_rows):.4f}",
+              f"{statistics.mean(a for a, _ in pairs):.4f}", f"{statistics.median(a for a, _ in pairs):.4f}")
+    t.add_row("variants", str(len(variant_rows)), f"{statistics.mean(r['tss'] for r in variant_rows):.4f}",
+              f"{statistics.mean(b for _, b in pairs):.4f}", f"{statistics.median(b for _, b in pairs):.4f}")
     console.print(t)
     lower = sum(b < a for a, b in pairs)
     n_var = [sum(1 for v in vs["variants"] if v["text"]) for vs in vsets]
