@@ -18,8 +18,8 @@ flags     tests/data/ifeval_responses.json: for IFEval prompts, a response that 
           specificity for both kinds of response.
 variants  rows of ../shared/data/user_oriented_dev.jsonl (the first --limit): TSS with `random`
           alternatives and with `variants` (decomposed and written back by the embedded
-          SmolLM2, or with --hand-cut the decompositions in tests/data/user_oriented_cut40.json
-          cut out as text; Remove only: there is no constraint database for these tasks), k=4,
+          SmolLM2, or with --hand-cut FILE the decompositions written by hand in it (e.g.
+          tests/data/user_oriented_cut19.json), cut out as text; Remove only: there is no constraint database for these tasks), k=4,
           the embedded scorer; mean TSS of both on the rows both scored.
 """
 
@@ -138,7 +138,7 @@ def flags() -> None:
     console.print(t)
 
 
-def variants(limit: int, refinements: int, hand_cut: bool) -> None:
+def variants(limit: int, refinements: int, hand_cut: Path | None) -> None:
     from ontask.generation import CachedGenerator, load_generator
     from ontask.cache import ResultCache
     from ontask.scoring import ScoreConfig
@@ -146,11 +146,14 @@ def variants(limit: int, refinements: int, hand_cut: bool) -> None:
 
     hand = {}
     if hand_cut:  # decompositions by hand (spans of the instruction): variants are cut, no model writes them
-        for d in json.loads((FIXTURES / "user_oriented_cut40.json").read_text(encoding="utf-8")):
+        for d in json.loads(hand_cut.read_text(encoding="utf-8")):
             hand[d["id"]] = d
     rows = []
-    for line in (SHARED / "user_oriented_dev.jsonl").read_text(encoding="utf-8").splitlines()[:limit]:
+    lines = (SHARED / "user_oriented_dev.jsonl").read_text(encoding="utf-8").splitlines()
+    for line in (lines if hand_cut else lines[:limit]):
         r = json.loads(line)
+        if hand_cut and r["id"] not in hand:
+            continue
         inst = r["instances"][0]
         row = {"instruction": r["instruction"], "input": inst["input"], "output": inst["output"]}
         if hand_cut:
@@ -173,8 +176,8 @@ def variants(limit: int, refinements: int, hand_cut: bool) -> None:
         failed = [json.loads(line) for line in (tmp / "variants" / "failed.jsonl").read_text(encoding="utf-8").splitlines()]
     by_inst = {r["instruction"]: r["tss"] for r in random_rows}
     pairs = [(by_inst[r["instruction"]], r["tss"]) for r in variant_rows if r["instruction"] in by_inst]
-    how = "hand-cut decompositions" if hand_cut else f"embedded decomposer + composer, {refinements} refinement round(s)"
-    t = Table(title=f"TSS by alternatives, user_oriented_dev first {limit} rows, embedded SmolLM2 scorer, k=4, {how}")
+    how = f"decompositions by hand ({hand_cut.name})" if hand_cut else f"first {limit} rows, embedded decomposer + composer, {refinements} refinement round(s)"
+    t = Table(title=f"TSS by alternatives, user_oriented_dev, embedded SmolLM2 scorer, k=4, {how}")
     for col in ("alternatives", "rows scored", "mean TSS, all its rows", "mean TSS, rows both scored", "median, rows both scored"):
         t.add_column(col, justify="right")
     t.add_row("random", str(len(random_rows)), f"{statistics.mean(r['tss'] for r in random_rows):.4f}",
@@ -199,8 +202,8 @@ def main() -> None:
     v = sub.add_parser("variants")
     v.add_argument("--limit", type=int, default=40)
     v.add_argument("--refinements", type=int, default=1, help="composer rounds after a failed verification")
-    v.add_argument("--hand-cut", action="store_true", help="use tests/data/user_oriented_cut40.json decompositions "
-                   "(constraints cut out of the instruction as text) instead of the embedded decomposer and composer")
+    v.add_argument("--hand-cut", type=Path, help="decompositions by hand, e.g. tests/data/user_oriented_cut19.json "
+                   "(its rows only; constraints cut out of the instruction as text) instead of the embedded decomposer")
     args = ap.parse_args()
     if not SHARED.exists():
         sys.exit(f"{SHARED} not found")

@@ -99,7 +99,10 @@ def cut(instruction: str, span: str, replacement: str | None = None) -> str | No
         left, right = instruction[: m.start()].rstrip(), instruction[m.end():]
         joint = re.search(r"(?:[,;]\s*|\s+)(?:and|or|but|also|then)$|[,;]$", left)
         if joint:  # "..., and <span>." -> "...."
-            left = left[: joint.start()] + (m.group(0)[-1] if m.group(0)[-1:] in ".;!" else "")
+            left = left[: joint.start()]
+        end = m.group(0)[-1] if m.group(0)[-1:] in ".;!" else ""
+        if end and left and left[-1] not in ".!?;:":  # the span ended the sentence: keep its full stop
+            left += end
         out = left + (" " if left and right and not right[:1].isspace() else "") + right
     else:
         new = replacement.strip()
