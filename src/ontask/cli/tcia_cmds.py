@@ -189,7 +189,11 @@ def augment_cmd(
     responders: Optional[str] = typer.Option(None, help="Comma list of models."),
     embedder: Optional[str] = typer.Option(None),
     base_url: Optional[str] = typer.Option(None, help="Server URL for openai: models."),
-    concurrency: Optional[int] = typer.Option(None, help="In-flight requests per server model (default 64)."),
+    concurrency: Optional[int] = typer.Option(None, help="The most in-flight requests per server model (default 64)."),
+    adaptive: Optional[bool] = typer.Option(None, "--adaptive/--fixed-concurrency",
+                                            help="AIMD: halve in-flight requests on 429/503, raise them while calls succeed (default: adaptive)."),
+    tokens_per_minute: Optional[int] = typer.Option(None, help="Token budget per server model (prompt + completion)."),
+    requests_per_minute: Optional[int] = typer.Option(None, help="Request budget per server model."),
     judge_mode: Optional[str] = typer.Option(None, help="auto | logprob | text."),
     min_validity: Optional[float] = typer.Option(None), min_consistency: Optional[float] = typer.Option(None),
     min_response_score: Optional[float] = typer.Option(None, help="Floor on the best answer's mean judge score."),
@@ -210,6 +214,10 @@ def augment_cmd(
             verifier=verifier, judge=judge, responders=responders, embedder=embedder, base_url=base_url,
             concurrency=concurrency, judge_mode=judge_mode, min_validity=min_validity,
             min_consistency=min_consistency, min_response_score=min_response_score, seed=rng_seed, db=db, check=check)))
+        rate = {k: v for k, v in dict(adaptive=adaptive, tokens_per_minute=tokens_per_minute,
+                                      requests_per_minute=requests_per_minute).items() if v is not None}
+        if rate:
+            cfg = AugmentConfig(**{**cfg.model_dump(), "rate": {**cfg.rate.model_dump(), **rate}})
     except (ValueError, ValidationError) as err:
         m._fail(str(err))
     if (seed_text is None) == (seeds is None):

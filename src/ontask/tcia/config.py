@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..generation.rate import RateControl
 from .judges import JUDGE_MODES
 
 
@@ -26,7 +27,8 @@ class AugmentConfig(BaseModel):
     responders: list[str] = Field(default_factory=lambda: ["embedded"], min_length=1)
     embedder: str = "embedded"
     base_url: str | None = None
-    concurrency: int = Field(64, ge=1, description="in-flight requests per server model")
+    concurrency: int = Field(64, ge=1, description="the most in-flight requests per server model")
+    rate: RateControl = Field(default_factory=RateControl, description="adaptive concurrency and budgets (openai: models)")
     local_repetition_penalty: float = Field(1.0, ge=1.0, le=2.0, description="embedded/hf: penalty on free-text answers")
     db: Path | None = Field(None, description="constraint database folder (ontask db build)")
 

@@ -84,7 +84,7 @@ class Roles:
     """One loaded backend per distinct model string, one cached view (and stats) per role."""
 
     def __init__(self, cfg: AugmentConfig, cache: ResultCache | None, loader: Callable[[str], Generator] | None = None) -> None:
-        load = loader or (lambda spec: load_generator(spec, base_url=cfg.base_url, concurrency=cfg.concurrency,
+        load = loader or (lambda spec: load_generator(spec, base_url=cfg.base_url, concurrency=cfg.concurrency, rate=cfg.rate,
                                                       repetition_penalty=cfg.local_repetition_penalty))
         backends: dict[str, Generator] = {}
         self.by_role: dict[str, CachedGenerator] = {}
@@ -97,7 +97,13 @@ class Roles:
         return self.by_role[role]
 
     def describe(self) -> dict[str, Any]:
-        return {role: {**g.describe(), "calls": g.stats.to_json()} for role, g in self.by_role.items()}
+        out = {}
+        for role, g in self.by_role.items():
+            out[role] = {**g.describe(), "calls": g.stats.to_json()}
+            state = getattr(g.inner, "rate_state", None)  # openai: models share it across roles
+            if state is not None:
+                out[role]["rate_state"] = state.to_json()
+        return out
 
 
 def run_augment(seeds: Sequence[Seed], inputs: Sequence[str], cfg: AugmentConfig, out_dir: str | Path, *,

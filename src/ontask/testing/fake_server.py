@@ -91,6 +91,7 @@ class FakeServer:
         fail_rate_timeout: float = 0.0,
         retry_after: float = 0.05,
         timeout_delay: float = 30.0,
+        max_concurrent: int | None = None,
         chat_handler: ChatHandler | None = None,
         reject_response_format: bool = False,
         log_path: str | Path | None = None,
@@ -114,6 +115,9 @@ class FakeServer:
         self.latency, self.retry_after, self.timeout_delay = latency, retry_after, timeout_delay
         self.fail_rate_500, self.fail_rate_429 = fail_rate_500, fail_rate_429
         self.fail_rate_bad_body, self.fail_rate_timeout = fail_rate_bad_body, fail_rate_timeout
+        # A concurrency-limited server (TGI's max_concurrent_requests, a gateway): a request
+        # arriving while `max_concurrent` are being answered gets an immediate 429.
+        self.max_concurrent = max_concurrent
         self.chat_handler: ChatHandler = chat_handler or default_chat_answer
         self.reject_response_format = reject_response_format
         self.host, self.port = host, port
@@ -131,7 +135,8 @@ class FakeServer:
     def requests(self) -> list[dict[str, Any]]:
         """Every request received so far: `path`, `body`, `status` (None until answered, or if
         the client went away first), `fault` (None, "500", "429", "bad_body:truncated",
-        "bad_body:not_json", "bad_body:no_choices", "timeout"), `received`/`answered` (time.time())."""
+        "bad_body:not_json", "bad_body:no_choices", "timeout", "concurrency"), `in_flight` (requests
+        being answered when it arrived, itself included), `received`/`answered` (time.time())."""
         with self._lock:
             return [dict(r) for r in self._log]
 
@@ -211,14 +216,16 @@ class FakeServer:
         return handle
 
     async def _answer(self, body: Any, answer: Callable[[dict[str, Any]], _Reply], entry: dict[str, Any]) -> _Reply:
+        if self.max_concurrent is not None and entry["in_flight"] > self.max_concurrent:
+            return _error(429, f"more than {self.max_concurrent} concurrent requests", "RateLimitError",
+                          self._retry_after_headers(), fault="concurrency")
         if self.latency:
             await asyncio.sleep(self.latency)
         fault = entry["fault"] = self._draw_fault()
         if fault == "500":
             return _error(500, "injected internal server error", "InternalServerError", fault=fault)
         if fault == "429":
-            headers = {"Retry-After": str(math.ceil(self.retry_after)), "retry-after-ms": str(int(self.retry_after * 1000))}
-            return _error(429, "injected rate limit", "RateLimitError", headers, fault=fault)
+            return _error(429, "injected rate limit", "RateLimitError", self._retry_after_headers(), fault=fault)
         if fault == "timeout":
             await asyncio.sleep(self.timeout_delay)
         if not isinstance(body, dict):
@@ -231,6 +238,9 @@ class FakeServer:
             if fault.startswith("bad_body") and reply.status == 200:
                 reply.payload = _BrokenBody(fault, reply.payload)
         return reply
+
+    def _retry_after_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(math.ceil(self.retry_after)), "retry-after-ms": str(int(self.retry_after * 1000))}
 
     def _draw_fault(self) -> str | None:
         with self._lock:
@@ -252,6 +262,7 @@ class FakeServer:
         with self._lock:
             self._log.append(entry)
             self._in_flight += 1
+            entry["in_flight"] = self._in_flight  # counting this one
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
         return entry
 
@@ -649,6 +660,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--fail-rate-timeout", type=float, default=0.0)
     ap.add_argument("--retry-after", type=float, default=0.05)
     ap.add_argument("--timeout-delay", type=float, default=30.0)
+    ap.add_argument("--max-concurrent", type=int, default=None, help="answer 429 to requests above this many in flight")
     ap.add_argument("--reject-response-format", action="store_true")
     ap.add_argument("--log", default=None, help="append a JSONL line per answered request")
     ap.add_argument("--seed", type=int, default=0)
@@ -661,7 +673,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     latency=args.latency, fail_rate_500=args.fail_rate_500,
                     fail_rate_429=args.fail_rate_429, fail_rate_bad_body=args.fail_rate_bad_body,
                     fail_rate_timeout=args.fail_rate_timeout, retry_after=args.retry_after,
-                    timeout_delay=args.timeout_delay, reject_response_format=args.reject_response_format,
+                    timeout_delay=args.timeout_delay, max_concurrent=args.max_concurrent,
+                    reject_response_format=args.reject_response_format,
                     log_path=args.log, seed=args.seed, host=args.host, port=args.port) as srv:
         print(srv.base_url, flush=True)
         while not stop.wait(1.0):
