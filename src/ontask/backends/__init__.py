@@ -1,4 +1,4 @@
-"""Model backends. `load_scorer("embedded" | "hf:PATH" | "openai:MODEL")` picks one."""
+"""Model backends. `load_scorer("embedded" | "hf:PATH" | "openai:MODEL" | "vllm:PATH")` picks one."""
 
 from __future__ import annotations
 
@@ -21,7 +21,11 @@ def load_scorer(spec: str, **options: Any) -> Scorer:
         from .openai_server import load_server_scorer
 
         return load_server_scorer(spec[len("openai:"):], **_only(options, "base_url", "template", "concurrency", "mode", "max_length", "timeout", "max_retries", "tokenizer"))
-    raise ValueError(f"unknown model '{spec}': use embedded, hf:PATH or openai:MODEL")
+    if spec.startswith("vllm:"):
+        from .vllm import load_vllm_scorer  # imports vllm itself only when the engine is built
+
+        return load_vllm_scorer(spec[len("vllm:"):], **_only(options, "max_length", "dtype", "gpu_memory_utilization"))
+    raise ValueError(f"unknown model '{spec}': use embedded, hf:PATH, openai:MODEL or vllm:PATH")
 
 
 def _only(options: dict[str, Any], *keys: str) -> dict[str, Any]:

@@ -80,16 +80,7 @@ class HFScorer:
 
     def encode(self, req: PassRequest) -> tuple[list[int], int] | PassError:
         """Token ids of prompt + output and the index where the output starts."""
-        prompt = self.render_prompt(req.user)
-        p_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        full = self.tokenizer(prompt + req.output, add_special_tokens=False)["input_ids"]
-        if full[: len(p_ids)] != p_ids:  # boundary merge: split exactly by construction
-            full = p_ids + self.tokenizer(req.output, add_special_tokens=False)["input_ids"]
-        if len(full) == len(p_ids):
-            return PassError("output has no tokens")
-        if len(full) > self.max_length:
-            return PassError(f"too long: {len(full)} tokens > model maximum {self.max_length}")
-        return full, len(p_ids)
+        return split_pass(self.tokenizer, self.render_prompt(req.user), req.output, self.max_length)
 
     # -- scoring --------------------------------------------------------------------
     def score(self, requests: Sequence[PassRequest]) -> list[PassOutcome]:
@@ -170,6 +161,23 @@ class HFScorer:
             PassResult(float(sums[b]), len(s) - start, start)
             for b, (s, start) in enumerate(zip(seqs, starts))
         ]
+
+
+def split_pass(tokenizer: Any, prompt: str, output: str, max_length: int) -> tuple[list[int], int] | PassError:
+    """Token ids of prompt + output and the index where the output starts, split exactly.
+
+    A module function (not only `HFScorer.encode`) so that every scorer that tokenises
+    locally (the in-process vLLM one too) counts exactly the same output tokens.
+    """
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    full = tokenizer(prompt + output, add_special_tokens=False)["input_ids"]
+    if full[: len(p_ids)] != p_ids:  # boundary merge: split exactly by construction
+        full = p_ids + tokenizer(output, add_special_tokens=False)["input_ids"]
+    if len(full) == len(p_ids):
+        return PassError("output has no tokens")
+    if len(full) > max_length:
+        return PassError(f"too long: {len(full)} tokens > model maximum {max_length}")
+    return list(full), len(p_ids)
 
 
 def _target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Generation backends: `load_generator("embedded" | "hf:PATH" | "openai:MODEL")` picks one."""
+"""Generation backends: `load_generator("embedded" | "hf:PATH" | "openai:MODEL" | "vllm:PATH")` picks one."""
 
 from __future__ import annotations
 
@@ -31,8 +31,12 @@ def load_generator(spec: str, **options: Any) -> Generator:
     if spec.startswith("openai:"):
         from .openai_chat import load_openai_generator
 
-        return load_openai_generator(spec[len("openai:"):], **_only(options, "base_url", "concurrency", "timeout", "structured", "max_reasks", "retry"))
-    raise ValueError(f"unknown model '{spec}': use embedded, hf:PATH or openai:MODEL")
+        return load_openai_generator(spec[len("openai:"):], **_only(options, "base_url", "concurrency", "timeout", "structured", "max_reasks", "retry", "rate"))
+    if spec.startswith("vllm:"):
+        from .vllm import load_vllm_generator  # imports vllm itself only when the engine is built
+
+        return load_vllm_generator(spec[len("vllm:"):], **_only(options, "max_length", "dtype", "gpu_memory_utilization", "repetition_penalty"))
+    raise ValueError(f"unknown model '{spec}': use embedded, hf:PATH, openai:MODEL or vllm:PATH")
 
 
 def _only(options: dict[str, Any], *keys: str) -> dict[str, Any]:

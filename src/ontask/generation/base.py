@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
@@ -155,3 +156,24 @@ def fingerprint_of(identity: dict[str, Any]) -> str:
 def normalise_choice_token(token: str) -> str:
     """How a sampled token is matched to a choice: surrounding whitespace ignored."""
     return token.strip()
+
+
+def renormalise_choices(choices: Sequence[str], top: Sequence[tuple[str, float]]) -> tuple[dict[str, float], float]:
+    """(`probs` over `choices`, their summed probability) from a next token's top log-probs.
+
+    `top` is (decoded token, logprob) pairs as a backend reports them. Tokens are matched to
+    choices with `normalise_choice_token`, so "1" and " 1" both count for choice "1"; a
+    non-finite logprob counts as zero. When no choice appears, `probs` is all zeros and the
+    mass is 0.0: the caller turns that into a `GenError`, never a made-up distribution.
+    One function, so every backend that reads top log-probs renormalises the same way.
+    """
+    wanted = {normalise_choice_token(c): c for c in choices}
+    mass_of = dict.fromkeys(choices, 0.0)
+    for token, logprob in top:
+        choice = wanted.get(normalise_choice_token(str(token)))
+        if choice is not None and isinstance(logprob, (int, float)) and math.isfinite(logprob):
+            mass_of[choice] += math.exp(logprob)
+    mass = math.fsum(mass_of.values())
+    if mass <= 0.0:
+        return mass_of, 0.0
+    return {c: p / mass for c, p in mass_of.items()}, mass

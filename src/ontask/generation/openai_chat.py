@@ -58,7 +58,7 @@ from .base import (
     OnChoice,
     Usage,
     fingerprint_of,
-    normalise_choice_token,
+    renormalise_choices,
 )
 from .rate import RateControl, RateController, RateState, estimate_tokens, new_state
 from .structured import StructuredError, parse_structured
@@ -259,19 +259,12 @@ class OpenAIChatGenerator:
         if top is None:
             return GenError("the server returned no logprobs for the first token (does it support logprobs/top_logprobs?)",
                             tally.attempts, tally.usage())
-        wanted = {normalise_choice_token(c): c for c in req.choices}
-        mass_of = dict.fromkeys(req.choices, 0.0)
-        for entry in top:
-            choice = wanted.get(normalise_choice_token(str(entry.get("token", ""))))
-            logprob = entry.get("logprob")
-            if choice is not None and isinstance(logprob, (int, float)) and math.isfinite(logprob):
-                mass_of[choice] += math.exp(logprob)
-        mass = math.fsum(mass_of.values())
+        probs, mass = renormalise_choices(req.choices, [(str(e.get("token", "")), e.get("logprob")) for e in top])
         if mass <= 0.0:
             seen = ", ".join(repr(e.get("token")) for e in top[:5])
             return GenError(f"none of the choices {', '.join(req.choices)} is among the server's top {len(top)} "
                             f"next tokens (top: {seen})", tally.attempts, tally.usage())
-        return ChoiceResult({c: p / mass for c, p in mass_of.items()}, mass, usage=tally.usage())
+        return ChoiceResult(probs, mass, usage=tally.usage())
 
     # -- HTTP ---------------------------------------------------------------------------
     async def _send(self, call: "_Call", body: dict[str, Any], tally: "_Tally") -> "_Reply":
