@@ -71,6 +71,9 @@ def score(
     verifier: Optional[str] = typer.Option(None, help="variants: model that checks a written variant states its constraints."),
     db: Optional[str] = typer.Option(None, help="variants: constraint database for Replace variants (none: Remove only)."),
     check: Optional[bool] = typer.Option(None, "--check/--no-check", help="variants: verify outputs against code-checkable constraints (default: on)."),
+    engine: Optional[str] = typer.Option(None, help="local | ray: run the passes in Ray actors (pip install 'ontask[ray]')."),
+    ray_address: Optional[str] = typer.Option(None, help="ray: join this cluster (auto, ray://HOST:10001); default: a local Ray."),
+    workers: Optional[int] = typer.Option(None, help="ray: scorer actors, one model each (default: one per GPU, else per CPU)."),
     cache: Optional[Path] = typer.Option(None, help="Result cache file (default: ~/.cache/ontask/cache.sqlite)."),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
@@ -87,6 +90,7 @@ def score(
             aggregator=aggregator, lam=lam, quality=quality, scorer=scorer, base_url=base_url,
             embedder=embedder, columns=parse_columns(columns) if columns else None, seed=seed,
             batch_tokens=batch_tokens, decomposer=decomposer, composer=composer, verifier=verifier, db=db, check=check,
+            engine=engine, ray_address=ray_address, workers=workers,
         )
         cfg = ScoreConfig(**merged(config, "score", flags))
     except (ValueError, ValidationError) as err:
@@ -104,8 +108,11 @@ def _run_score(input: Path, output: Path, cfg, cache_path: Path | None) -> dict:
     _quiet_libraries()
     try:
         total = _count_rows(input, cfg.columns)
-        with console.status(f"loading scorer {cfg.scorer}"):
-            scorer = load_scorer(cfg.scorer, batch_tokens=cfg.batch_tokens, share_prefix=cfg.share_prefix, base_url=cfg.base_url)
+        scorer = None  # on Ray, each actor loads its own
+        if cfg.engine == "local":
+            with console.status(f"loading scorer {cfg.scorer}"):
+                scorer = load_scorer(cfg.scorer, batch_tokens=cfg.batch_tokens, share_prefix=cfg.share_prefix,
+                                     base_url=cfg.base_url)
         cache = ResultCache(cache_path)
         emb = None
         if "hard" in cfg.alternative_kinds or ("variants" in cfg.alternative_kinds and cfg.db):

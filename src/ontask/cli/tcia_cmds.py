@@ -6,6 +6,8 @@ call goes through the result cache, so rerunning an interrupted command resumes 
 
 from __future__ import annotations
 
+import contextlib
+
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -194,6 +196,9 @@ def augment_cmd(
                                             help="AIMD: halve in-flight requests on 429/503, raise them while calls succeed (default: adaptive)."),
     tokens_per_minute: Optional[int] = typer.Option(None, help="Token budget per server model (prompt + completion)."),
     requests_per_minute: Optional[int] = typer.Option(None, help="Request budget per server model."),
+    engine: Optional[str] = typer.Option(None, help="local | ray: local models (embedded, hf:, vllm:) in Ray actor pools (pip install 'ontask[ray]')."),
+    ray_address: Optional[str] = typer.Option(None, help="ray: join this cluster (auto, ray://HOST:10001); default: a local Ray."),
+    workers: Optional[int] = typer.Option(None, help="ray: actors per local model, one model copy each."),
     judge_mode: Optional[str] = typer.Option(None, help="auto | logprob | text."),
     min_validity: Optional[float] = typer.Option(None), min_consistency: Optional[float] = typer.Option(None),
     min_response_score: Optional[float] = typer.Option(None, help="Floor on the best answer's mean judge score."),
@@ -213,7 +218,8 @@ def augment_cmd(
             inputs_per_instruction=inputs_per_instruction, decomposer=decomposer, composer=composer,
             verifier=verifier, judge=judge, responders=responders, embedder=embedder, base_url=base_url,
             concurrency=concurrency, judge_mode=judge_mode, min_validity=min_validity,
-            min_consistency=min_consistency, min_response_score=min_response_score, seed=rng_seed, db=db, check=check)))
+            min_consistency=min_consistency, min_response_score=min_response_score, seed=rng_seed, db=db, check=check,
+            engine=engine, ray_address=ray_address, workers=workers)))
         rate = {k: v for k, v in dict(adaptive=adaptive, tokens_per_minute=tokens_per_minute,
                                       requests_per_minute=requests_per_minute).items() if v is not None}
         if rate:
@@ -248,10 +254,15 @@ def run_augment_cli(cfg, output: Path, *, seed_text: str | None, seeds_file: Pat
         with m.console.status(f"loading embedder {cfg.embedder}"):
             emb = load_embedder(cfg.embedder, cache=cache)
         db = db_obj or ConstraintDB.load(cfg.db, expect_embedder=emb.name)
-        with m.console.status("loading models " + ", ".join(sorted(set(cfg.roles().values())))):
-            roles = Roles(cfg, cache)
-        with stage_progress(m.console) as stage:
-            manifest = run_augment(seeds, pool, cfg, output, db=db, embedder=emb, roles=roles, progress=stage)
+        with contextlib.ExitStack() as stack:
+            if cfg.engine == "ray":  # local models in Ray actor pools; a local Ray lives as long as the run
+                from ..engine.ray_runtime import ray_session
+
+                stack.enter_context(ray_session(cfg.ray_address))
+            with m.console.status("loading models " + ", ".join(sorted(set(cfg.roles().values())))):
+                roles = Roles(cfg, cache)
+            with stage_progress(m.console) as stage:
+                manifest = run_augment(seeds, pool, cfg, output, db=db, embedder=emb, roles=roles, progress=stage)
     _print_funnel(manifest)
     return manifest
 

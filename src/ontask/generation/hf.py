@@ -186,6 +186,28 @@ class HFGenerator:
             )
         return ids
 
+    # -- batch plan ----------------------------------------------------------------------
+    def plan(self, requests: Sequence[ChatRequest] | Sequence[ChoiceRequest]) -> list[list[int]]:
+        """The forward batches `chat`/`choice_probs` would run, as lists of request indices
+        in batch order (requests that cannot even be prompted come last, as one list).
+
+        A caller that splits its work along this plan and sends each batch, in this order, to
+        another copy of this model gets the very batches, hence the very answers, of one
+        local call: how the Ray engine spreads a step over actors without changing it.
+        """
+        groups: dict[tuple[Any, ...], list[_Prompt]] = {}
+        failed: list[int] = []
+        for i, req in enumerate(requests):
+            ids = self._prompt_ids(req.messages)
+            if isinstance(ids, GenError):
+                failed.append(i)
+                continue
+            key = (req.response_model, req.max_tokens, req.temperature) if isinstance(req, ChatRequest) else ()
+            groups.setdefault(key, []).append(_Prompt(i, ids, 0))
+        batches = [[p.index for p in batch] for members in groups.values()
+                   for batch in _length_sorted_batches(members, self.batch_size)]
+        return batches + ([failed] if failed else [])
+
     # -- chat ----------------------------------------------------------------------------
     def chat(self, requests: Sequence[ChatRequest], on_result: OnChat | None = None) -> list[ChatOutcome]:
         """Answers aligned with `requests`; `on_result` fires as each batch finishes.

@@ -38,6 +38,12 @@ class ScoreConfig(BaseModel):
     variant_refinements: int = Field(1, ge=0, le=4)
     compose_max_tokens: int = Field(256, ge=16)
     check: bool = Field(True, description="verify outputs against code-checkable constraints (IFEval checkers)")
+    # where the passes run (results are the same either way)
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str | None = Field(None, description="join this Ray cluster (none: start a local Ray)")
+    workers: int | None = Field(None, ge=1, description="ray: scorer actors (default: one per GPU, else per worker_cpus cores)")
+    worker_cpus: float | None = Field(None, gt=0, description="ray: CPUs per actor (default 1)")
+    worker_gpus: float | None = Field(None, ge=0, description="ray: GPUs per actor (default 1 when the cluster has GPUs)")
 
     @field_validator("metrics")
     @classmethod

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -44,6 +45,46 @@ def _chunks(items: Iterator[list[Example | Failure]], size: int) -> Iterator[lis
                 buf = []
     if buf:
         yield buf
+
+
+@dataclass
+class ChunkResult:
+    """What scoring a chunk produced: spool lines (in row order), failures, TSS++ terms."""
+
+    lines: list[str] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    tss_pp_terms: list[tuple[float, float]] = field(default_factory=list)
+
+
+class ChunkSink:
+    """Where chunk results go, in input order: the spool (row scores) and failed.jsonl.
+
+    Failures go to a partial file, swapped in with the output, so a run that stops early
+    leaves the previous output, run.json and failed.jsonl consistent.
+    """
+
+    def __init__(self, run: RunPaths) -> None:
+        self.run = run
+        self.tss_stats, self.q_stats = S.RunningStats(), S.RunningStats()
+
+    def __enter__(self) -> "ChunkSink":
+        self.run.failed_partial.unlink(missing_ok=True)
+        self._failed = JsonlAppender(self.run.failed_partial).__enter__()
+        self._spool = open(self.run.spool, "w", encoding="utf-8")
+        return self
+
+    def add(self, result: ChunkResult) -> None:
+        for failure in result.failures:
+            self._failed.write(failure)
+        for tss_hard, q in result.tss_pp_terms:
+            self.tss_stats.add(tss_hard)
+            self.q_stats.add(q)
+        if result.lines:
+            self._spool.write("\n".join(result.lines) + "\n")
+
+    def __exit__(self, *exc: object) -> None:
+        self._spool.close()
+        self._failed.__exit__(*exc)
 
 
 class Scoring:
@@ -145,41 +186,40 @@ class Scoring:
         self.counts["passes_computed"] += len(todo)
         return results
 
+    def score_chunk(self, chunk: list[tuple[int, Example | Failure]]) -> "ChunkResult":
+        """Plan, compute (or look up) and score one chunk of numbered rows: the unit of work
+        of both engines (the local loop and a Ray actor), so both compute the same floats."""
+        out = ChunkResult()
+        plans: list[RowPlan] = []
+        for seq, item in chunk:
+            if isinstance(item, Failure):
+                out.failures.append(item.to_json())
+                self.counts["rows_failed"] += 1
+                continue
+            self.counts["rows_read"] += 1
+            plans.append(plan_row(seq, item, self.cfg, self._alternatives_for(seq, item), self._variants_for(item)))
+        results = self.run_passes(plans)
+        for plan in plans:
+            try:
+                row = row_scores(plan, results, self.cfg)
+            except RowFailed as err:
+                out.failures.append(Failure(plan.example.loc, err.reason, stage="score").to_json())
+                self.counts["rows_failed"] += 1
+                out.lines.append(json.dumps({"seq": plan.seq, "failed": err.reason}))
+                continue
+            if "tss++" in self.cfg.metrics:
+                out.tss_pp_terms.append((row["tss_hard"], row["_q"]))
+            self.counts["rows_scored"] += 1
+            out.lines.append(json.dumps({"seq": plan.seq, "scores": row}))
+        return out
+
     def score_all(self, path: Path, run: RunPaths, progress: Progress | None) -> tuple[S.RunningStats, S.RunningStats]:
-        tss_stats, q_stats = S.RunningStats(), S.RunningStats()
-        # Failures go to a partial file, swapped in with the output, so a run that stops
-        # early leaves the previous output, run.json and failed.jsonl consistent.
-        run.failed_partial.unlink(missing_ok=True)
-        with JsonlAppender(run.failed_partial) as failed, open(run.spool, "w", encoding="utf-8") as spool:
+        with ChunkSink(run) as sink:
             for chunk in _chunks(read_examples(path, self.cfg.columns), self.cfg.chunk_rows):
-                plans: list[RowPlan] = []
-                for seq, item in chunk:
-                    if isinstance(item, Failure):
-                        failed.write(item.to_json())
-                        self.counts["rows_failed"] += 1
-                        continue
-                    self.counts["rows_read"] += 1
-                    plans.append(plan_row(seq, item, self.cfg, self._alternatives_for(seq, item), self._variants_for(item)))
-                results = self.run_passes(plans)
-                lines = []
-                for plan in plans:
-                    try:
-                        row = row_scores(plan, results, self.cfg)
-                    except RowFailed as err:
-                        failed.write(Failure(plan.example.loc, err.reason, stage="score").to_json())
-                        self.counts["rows_failed"] += 1
-                        lines.append(json.dumps({"seq": plan.seq, "failed": err.reason}))
-                        continue
-                    if "tss++" in self.cfg.metrics:
-                        tss_stats.add(row["tss_hard"])
-                        q_stats.add(row["_q"])
-                    self.counts["rows_scored"] += 1
-                    lines.append(json.dumps({"seq": plan.seq, "scores": row}))
-                if lines:
-                    spool.write("\n".join(lines) + "\n")
+                sink.add(self.score_chunk(chunk))
                 if progress:
                     progress(len(chunk), self.tokens_computed)
-        return tss_stats, q_stats
+        return sink.tss_stats, sink.q_stats
 
     # -- phase 3 ----------------------------------------------------------------------
     def write_output(self, path: Path, run: RunPaths, tss_stats: S.RunningStats, q_stats: S.RunningStats) -> None:
@@ -219,13 +259,16 @@ def run_score(
     output: str | os.PathLike,
     cfg: ScoreConfig,
     *,
-    scorer: Scorer,
+    scorer: Scorer | None,
     cache: ResultCache,
     embedder: Any = None,
     variants: Any = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Score `input_path` into `output`; returns the manifest also written to run.json.
+
+    With `cfg.engine == "ray"` the passes run in Ray actors that load the scorer themselves
+    (`scorer` may then be None: the driver needs no model); the output is the same.
 
     `variants` (a tcia.variants.VariantMaker) is needed for `--alternatives variants`;
     the variants of every distinct instruction are written to variants.jsonl beside the output.
@@ -241,7 +284,20 @@ def run_score(
             with AtomicWriter(run.dir / "variants.jsonl") as w:
                 w.write([{"instruction": text, **vs.to_json()} for text, vs in zip(job.pool.texts, job.variant_sets)])
         t2 = time.perf_counter()
-        tss_stats, q_stats = job.score_all(path, run, progress)
+        if cfg.engine == "ray":
+            from ..engine.ray_runtime import import_ray, ray_session
+
+            import_ray()
+            from ..engine.ray_score import score_on_ray
+
+            with ray_session(cfg.ray_address):
+                tss_stats, q_stats, engine = score_on_ray(job, path, run, progress)
+            described = engine.pop("scorer") or (scorer.describe() if scorer is not None else {"name": cfg.scorer})
+        else:
+            if scorer is None:
+                raise ValueError("the local engine needs a scorer")
+            tss_stats, q_stats = job.score_all(path, run, progress)
+            engine, described = {"engine": "local"}, scorer.describe()
         t3 = time.perf_counter()
         job.write_output(path, run, tss_stats, q_stats)
         run.failed_partial.replace(run.failed)
@@ -256,7 +312,8 @@ def run_score(
         "failed": str(run.failed),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "config": cfg.model_dump(),
-        "scorer": scorer.describe(),
+        "scorer": described,
+        "engine": engine,
         "embedder": getattr(embedder, "name", None),
         "variants": variants.describe() if variants is not None and job.variant_sets else None,
         "versions": versions(),

@@ -9,6 +9,7 @@ floor on answer scores).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -29,6 +30,12 @@ class AugmentConfig(BaseModel):
     base_url: str | None = None
     concurrency: int = Field(64, ge=1, description="the most in-flight requests per server model")
     rate: RateControl = Field(default_factory=RateControl, description="adaptive concurrency and budgets (openai: models)")
+    # where local models (embedded, hf:, vllm:) run; answers are the same either way
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str | None = Field(None, description="join this Ray cluster (none: start a local Ray)")
+    workers: int | None = Field(None, ge=1, description="ray: actors per local model (default: the cluster shared between them)")
+    worker_cpus: float | None = Field(None, gt=0, description="ray: CPUs per actor (default 1)")
+    worker_gpus: float | None = Field(None, ge=0, description="ray: GPUs per actor (default 1 when the cluster has GPUs)")
     local_repetition_penalty: float = Field(1.0, ge=1.0, le=2.0, description="embedded/hf: penalty on free-text answers")
     db: Path | None = Field(None, description="constraint database folder (ontask db build)")
 

@@ -86,6 +86,8 @@ class Roles:
     def __init__(self, cfg: AugmentConfig, cache: ResultCache | None, loader: Callable[[str], Generator] | None = None) -> None:
         load = loader or (lambda spec: load_generator(spec, base_url=cfg.base_url, concurrency=cfg.concurrency, rate=cfg.rate,
                                                       repetition_penalty=cfg.local_repetition_penalty))
+        if cfg.engine == "ray" and loader is None:
+            load = _ray_loader(cfg, load)
         backends: dict[str, Generator] = {}
         self.by_role: dict[str, CachedGenerator] = {}
         for role, spec in cfg.roles().items():
@@ -104,6 +106,27 @@ class Roles:
             if state is not None:
                 out[role]["rate_state"] = state.to_json()
         return out
+
+
+def _ray_loader(cfg: AugmentConfig, local: Callable[[str], Generator]) -> Callable[[str], Generator]:
+    """Local models in Ray actor pools (engine/ray_generate.py); server models stay here.
+    By default the cluster is shared evenly between the distinct local models."""
+    import ray
+
+    from ..engine.ray_generate import RayGenerator
+    from ..engine.ray_runtime import pool_size
+
+    specs = {s for s in cfg.roles().values() if not s.startswith("openai:")}
+    size = pool_size(ray, cfg.workers, cfg.worker_cpus, cfg.worker_gpus)
+    workers = cfg.workers or max(1, size.workers // max(1, len(specs)))
+
+    def load(spec: str) -> Generator:
+        if spec.startswith("openai:"):
+            return local(spec)
+        return RayGenerator(spec, {"repetition_penalty": cfg.local_repetition_penalty},
+                            workers=workers, cpus=size.cpus, gpus=size.gpus)
+
+    return load
 
 
 def run_augment(seeds: Sequence[Seed], inputs: Sequence[str], cfg: AugmentConfig, out_dir: str | Path, *,
