@@ -6,7 +6,8 @@ random alternatives), the embedded SmolLM2-135M scorer by default:
 
 - local: one process, torch on every core (the default `ontask score`);
 - ray: `--engine ray --workers W` on a local Ray started by the run, one scorer per actor,
-  one core each. The wall time includes starting Ray and loading W models; the table
+  one core each. Both use `--chunk-rows` (16) rows per unit of work: Ray hands whole
+  chunks to actors, so a run needs many more chunks than workers. The wall time includes starting Ray and loading W models; the table
   also shows the scoring time alone (the streaming phase, run.json `timings.score_s`).
 
 Then the outputs are compared: rows, and the largest absolute difference of any score
@@ -47,10 +48,12 @@ def write_rows(path: Path, n: int) -> int:
     return min(n, len(rows))
 
 
-def score(src: Path, out: Path, scorer: str, extra: list[str]) -> tuple[float, dict]:
+def score(src: Path, out: Path, scorer: str, chunk_rows: int, extra: list[str]) -> tuple[float, dict]:
+    config = out.parent / "score.yaml"
+    config.write_text(f"score:\n  chunk_rows: {chunk_rows}\n")
     cmd = [sys.executable, "-c", "from ontask.cli.main import app; app()", "score", str(src), "-o", str(out),
            "--scorer", scorer, "--metrics", "ppl,ifd,tss", "-k", "4", "--cache", str(out.parent / f"{out.name}.sqlite"),
-           *extra]
+           "--config", str(config), *extra]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t
@@ -72,13 +75,15 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=200)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--scorer", default="embedded")
+    ap.add_argument("--chunk-rows", type=int, default=16,
+                    help="rows per unit of work, both engines (Ray shares whole chunks: have many more than workers)")
     args = ap.parse_args()
     print(f"cores: {os.cpu_count()}, load average before: {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "rows.jsonl"
         n = write_rows(src, args.rows)
-        runs = {"local": score(src, Path(tmp) / "local", args.scorer, []),
-                f"ray x{args.workers}": score(src, Path(tmp) / "ray", args.scorer,
+        runs = {"local": score(src, Path(tmp) / "local", args.scorer, args.chunk_rows, []),
+                f"ray x{args.workers}": score(src, Path(tmp) / "ray", args.scorer, args.chunk_rows,
                                               ["--engine", "ray", "--workers", str(args.workers)])}
         rows, diff = max_diff(Path(tmp) / "local", Path(tmp) / "ray")
     print()

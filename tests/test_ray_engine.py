@@ -71,7 +71,8 @@ def test_ray_engine_writes_exactly_what_the_local_engine_writes(tmp_path, tiny_d
             scorer = load_scorer(cfg.scorer, batch_tokens=cfg.batch_tokens) if engine == "local" else None
             outs[engine] = run_score(src, tmp_path / engine, cfg, scorer=scorer, cache=cache, embedder=emb)
     local, remote = outs["local"], outs["ray"]
-    assert remote["engine"] == {"engine": "ray", "workers": 2, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0}
+    assert remote["engine"] == {"engine": "ray", "workers": 2, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0,
+                                "chunks": 9}
     assert remote["scorer"]["fingerprint"] == local["scorer"]["fingerprint"]
     assert remote["counts"] == local["counts"] and remote["counts"]["rows_failed"] == 2
     assert remote["tokens_computed"] == local["tokens_computed"]
@@ -152,3 +153,41 @@ def test_ray_generator_gives_the_local_generators_answers(tiny_dir, local_ray, o
         assert remote.choice_probs(choice) == local.choice_probs(choice)
     finally:
         remote.close()
+
+
+def test_augment_on_ray_writes_what_the_local_engine_writes(tmp_path, tiny_dir, local_ray, one_thread):
+    """The judge and one responder are a local model (served by actor pools on Ray); the
+    other roles are a server model (they stay in the driver). Same rows, same states."""
+    from test_augment import DATA, SEED, _config
+
+    from ontask.cache import ResultCache
+    from ontask.testing.fake_server import FakeServer
+    from ontask.testing.tcia_handler import tcia_chat_handler
+    from ontask.tcia.pipeline import Roles, Seed, run_augment
+    from ontask.tcia.sources import read_inputs
+
+    emb, database = _embedder_and_db(tmp_path)
+    runs = {}
+    with FakeServer(chat_handler=tcia_chat_handler, model_name=("tiny", "tiny-b")) as server:
+        for engine in ("local", "ray"):
+            cfg = _config(server.base_url, judge=f"hf:{tiny_dir}", responders=["openai:tiny", f"hf:{tiny_dir}"],
+                          max_states=60, samples=12, min_validity=1.0, min_consistency=1.0, min_choice_mass=0.001,
+                          engine=engine, workers=2)
+            roles = Roles(cfg, ResultCache(tmp_path / f"{engine}.sqlite"))
+            runs[engine] = run_augment([Seed(SEED)], read_inputs(DATA / "demo_inputs.jsonl"), cfg, tmp_path / engine,
+                                       db=database, embedder=emb, roles=roles)
+    assert runs["ray"]["models"]["judge"]["engine"] == "ray"
+    assert runs["ray"]["funnel"] == runs["local"]["funnel"] and runs["local"]["funnel"]["kept"] > 0
+    for name in ("data.jsonl", "instructions.jsonl", "failed.jsonl"):
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+
+
+def _embedder_and_db(tmp_path):
+    from test_augment import DATA, read_jsonl
+
+    from ontask.cache import ResultCache
+    from ontask.embed import load_embedder
+    from ontask.tcia.database import build_database
+
+    emb = load_embedder("embedded", cache=ResultCache(tmp_path / "emb.sqlite"))
+    return emb, build_database(read_jsonl(DATA / "demo_constraints.jsonl"), emb)

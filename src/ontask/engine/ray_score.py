@@ -63,8 +63,10 @@ def score_on_ray(job: Any, path: Path, run: RunPaths, progress: Any) -> tuple[An
         concurrency=size.workers, num_cpus=size.cpus, num_gpus=size.gpus or None,
     )
     scorer: dict[str, Any] | None = None
+    chunks = 0
     with ChunkSink(run) as sink:
         for out in ds.iter_rows():
+            chunks += 1
             result, counts, tokens, described = pickle.loads(out["result"])
             sink.add(result)
             for name, n in counts.items():
@@ -73,7 +75,8 @@ def score_on_ray(job: Any, path: Path, run: RunPaths, progress: Any) -> tuple[An
             scorer = scorer or described
             if progress:
                 progress(int(out["rows"]), job.tokens_computed)
-    return sink.tss_stats, sink.q_stats, {"engine": "ray", **size.to_json(), "scorer": scorer}
+    # chunks < workers means idle actors: lower chunk_rows for small inputs
+    return sink.tss_stats, sink.q_stats, {"engine": "ray", **size.to_json(), "chunks": chunks, "scorer": scorer}
 
 
 class ExamplesSource(ray.data.Datasource):
