@@ -9,9 +9,9 @@ The controller is AIMD, as TCP congestion control is:
 - **multiplicative decrease**: a 429 (or 503, "overloaded") halves the concurrency limit,
   once per window: only a rejection of a request sent *after* the last decrease lowers it
   again, so a burst of 429s from one wave counts as one signal, not forty;
-- **only load-related rejections count**: a 429 says "too much" only if nothing sent with
-  as many in flight has recently succeeded (twice), or if rejections are a large share (>= 25%)
-  of recent answers (a rate budget running dry). A lone 429 amid successes at higher
+- **only load-related rejections count**: a 429 says "too much" only if, among the recent
+  answers to requests sent with as many in flight or more, refusals are a large share
+  (>= 25%), or if they are among all recent answers (a rate budget running dry). A lone 429 amid successes at higher
   concurrency (a flaky gateway, a shared quota's hiccup) is retried and its Retry-After
   honoured, but it does not lower the limit:
   halving on it would collapse throughput, as plain AIMD does under random loss. Before
@@ -23,7 +23,8 @@ The controller is AIMD, as TCP congestion control is:
   rejected request tells where the server's limit is: it was sent with N requests in
   flight, so the server holds fewer than N. The threshold goes just under that, so after
   halving the limit climbs straight back there and only then probes above it. A limit
-  that gets 2 past the threshold unrefused shows the threshold was wrong: slow start again;
+  that gets a quarter (at least 2) past the threshold unrefused shows the threshold was
+  wrong: slow start again;
 - **probing backs off**: each time the server says no again at the same level, probing
   above it gets twice as slow (up to 16x): a server with a fixed limit is probed rarely,
   one whose limit moves is followed;
@@ -141,6 +142,7 @@ class RateController:
         self.paused_until = 0.0
         self._cond = asyncio.Condition()
         self._recent: collections.deque[tuple[bool, int]] = collections.deque(maxlen=RECENT)  # (ok, in flight at send)
+        self._window_low = maximum + 1  # lowest in-flight level refused since the last decrease
         self._tokens = TokenBucket(control.tokens_per_minute) if control.tokens_per_minute else None
         self._requests = TokenBucket(control.requests_per_minute) if control.requests_per_minute else None
 
@@ -189,11 +191,14 @@ class RateController:
                     st.limit = min(st.threshold, st.limit + 1.0)
                 else:
                     st.limit += c.increase / (st.limit * st.probe_wait)
-                    if st.limit >= st.threshold + 2.0:  # passed the supposed ceiling unrefused: it was not one
+                    # well past the supposed ceiling (a quarter, at least 2) and never refused: it was not one
+                    if st.limit >= st.threshold + max(2.0, st.threshold / 4):
                         st.threshold, st.probe_wait = float(self.maximum), 1.0
                 st.limit = min(float(self.maximum), st.limit)
             elif outcome == "rejected":
                 st.rejected += 1
+                if ticket.epoch == self.epoch:  # the lowest level refused in this window, judged or not
+                    self._window_low = min(self._window_low, ticket.in_flight)
                 if retry_after:  # the server asked this client to wait: nothing is sent until then
                     until = time.monotonic() + retry_after
                     if until > self.paused_until:
@@ -203,7 +208,7 @@ class RateController:
                     st.unrelated += 1
                     self._cond.notify_all()
                     return
-                ceiling = max(float(c.minimum), float(ticket.in_flight - 1))
+                ceiling = max(float(c.minimum), float(min(ticket.in_flight, self._window_low) - 1))
                 if c.adaptive and ticket.epoch == self.epoch:  # the first signal of this window
                     same_place = abs(ceiling - st.threshold) <= 1.0
                     st.probe_wait = min(16.0, st.probe_wait * 2.0) if same_place else 1.0
@@ -211,6 +216,7 @@ class RateController:
                     st.limit = max(float(c.minimum), st.limit * c.decrease)
                     st.decreases += 1
                     self.epoch += 1
+                    self._window_low = self.maximum + 1
                 elif c.adaptive:  # later signals of the same window only sharpen the estimate
                     st.threshold = min(st.threshold, ceiling)
             self._cond.notify_all()
@@ -224,10 +230,13 @@ class RateController:
         if len(recent) - refused < MIN_EVIDENCE:
             return False  # too early to tell; the request is retried and asks again
         if len(recent) >= 16 and refused >= REJECTED_SHARE * len(recent):
-            return True
-        # Two, not one: our count of requests in flight can run one ahead of the server's (an
-        # answer on its way back), so a single success at the level proves little.
-        return sum(1 for ok, level in recent if ok and level >= ticket.in_flight) < 2
+            return True  # a rate budget running dry refuses at every level
+        # At this many in flight or more, is the server refusing often? (A success at a level
+        # just above the limit happens too: our count can run ahead of the server's.)
+        at = [ok for ok, level in recent if level >= ticket.in_flight]
+        if len(at) < MIN_EVIDENCE:  # few answers up there: load unless one of them succeeded
+            return True not in at
+        return at.count(False) >= REJECTED_SHARE * len(at)
 
 
 def estimate_tokens(body: dict[str, Any]) -> float:
