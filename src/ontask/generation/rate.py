@@ -9,13 +9,14 @@ The controller is AIMD, as TCP congestion control is:
 - **multiplicative decrease**: a 429 (or 503, "overloaded") halves the concurrency limit,
   once per window: only a rejection of a request sent *after* the last decrease lowers it
   again, so a burst of 429s from one wave counts as one signal, not forty;
-- **only load-related rejections count**: a 429 says "too much" only if, among the recent
-  answers to requests sent with as many in flight or more, refusals are a large share
-  (>= 25%), or if they are among all recent answers (a rate budget running dry). A lone 429 amid successes at higher
-  concurrency (a flaky gateway, a shared quota's hiccup) is retried and its Retry-After
-  honoured, but it does not lower the limit:
-  halving on it would collapse throughput, as plain AIMD does under random loss. Before
-  a few answers have come back nothing is judged (the request is retried and asks again);
+- **only load-related rejections count**: a 429 says "too much" only if refusals are a
+  large share (>= 25%) of the recent answers to requests sent with as many in flight or
+  more (with fewer than 4 such answers: unless one of them succeeded), or of all recent
+  answers (a rate budget running dry), or most answers early on. A lone 429 amid successes
+  at that concurrency (a flaky gateway, a shared quota's hiccup) is retried and its
+  Retry-After honoured, but it does not lower the limit: halving on it would collapse
+  throughput, as plain AIMD does under random loss. Before a few answers have come back
+  nothing is judged (the request is retried and asks again);
 - **additive increase**: every success adds `increase / limit`, i.e. about +`increase`
   per round trip of a full window;
 - **slow start**: below `threshold` every success adds 1 (the limit doubles per round
@@ -48,8 +49,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 RECENT = 64  # answers remembered to judge whether a rejection is about load
-REJECTED_SHARE = 0.25  # this share of rejections among them means overload, whatever the level
-MIN_EVIDENCE = 4  # successes seen before any rejection is taken as a sign of load
+REJECTED_SHARE = 0.25  # this share of refusals (at a level, or overall) means overload
+MIN_EVIDENCE = 4  # answers needed before a share is trusted
 
 
 class RateControl(BaseModel):
