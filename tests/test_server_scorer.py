@@ -199,3 +199,22 @@ def test_score_pipeline_through_server_equals_local(server, hf, tiny_dir, tmp_pa
         for col in ("lp", "ppl", "ifd", "tss"):
             assert g[col] == pytest.approx(w[col], rel=1e-6, abs=1e-5)
         assert g["tss_top_alt"] == w["tss_top_alt"]
+
+
+def test_a_concurrency_limited_server_is_found_by_rate_control(tiny_dir, hf):
+    """Scoring through a server that refuses more than 6 at a time: AIMD finds the limit and
+    every pass is computed, equal to the local scorer's; a fixed 32 in flight is refused far
+    more often (the same policy retries both)."""
+    reqs = [PassRequest(f"Question {i}: say something short.", f"Answer number {i}.") for i in range(200)]
+    refused = {}
+    for adaptive in (True, False):
+        with FakeServer(model_dir=tiny_dir, latency=0.02, max_concurrent=6, retry_after=0.01) as srv:
+            scorer = ServerScorer("tiny", base_url=srv.base_url, template=f"hf:{tiny_dir}", concurrency=32,
+                                  retry={"max_attempts": 40, "initial_wait": 0.01, "max_wait": 0.05},
+                                  rate={"adaptive": adaptive})
+            got = scorer.score(reqs)
+            refused[adaptive] = sum(1 for r in srv.requests if r["status"] == 429)
+        assert_same(got, hf.score(reqs))
+        if adaptive:
+            assert scorer.rate_state.decreases >= 1 and scorer.rate_state.limit <= 10
+    assert refused[True] * 4 < refused[False], refused

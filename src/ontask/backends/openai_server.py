@@ -12,9 +12,11 @@ the output tokens exactly, never by searching text:
   tokenizer (`template="hf:PATH"` or `tokenizer=PATH`), split prompt/output tokens as the
   local scorer does, send the token ids and read vLLM's `prompt_logprobs`.
 
-Requests run concurrently under a semaphore; the `openai` client retries 429/5xx with
-backoff (honouring Retry-After). A pass that still fails becomes a `PassError` carrying
-the server's status and message; nothing is ever made up.
+Requests run concurrently under the same rate control as chat generation
+(`generation.rate`: AIMD on requests in flight, Retry-After pauses, budgets) and are
+retried by the same policy (`generation.retry`: 429/408/5xx/timeouts/connection errors,
+exponential backoff with jitter, never shorter than Retry-After). A pass that still fails
+becomes a `PassError` carrying the server's status and message; nothing is ever made up.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ import jinja2.ext
 import openai
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from ..generation.rate import RateControl, RateController, RateState, new_state
+from ..generation.retry import Failure, RetryPolicy, retry_after_seconds, retrying
 from .endpoint import public_url, resolve_api_key, resolve_base_url, run_sync
 from .base import PassError, PassOutcome, PassRequest, PassResult, fingerprint_of
 
@@ -57,6 +61,8 @@ class ServerScorer:
         timeout: float = 60.0,
         max_retries: int = 3,
         api_key: str | None = None,
+        retry: RetryPolicy | dict[str, Any] | None = None,
+        rate: RateControl | dict[str, Any] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown server scoring mode '{mode}': use one of {', '.join(MODES)}")
@@ -68,6 +74,10 @@ class ServerScorer:
         self.max_length = max_length
         self.timeout = timeout
         self.max_retries = max_retries
+        self.retry = retry if isinstance(retry, RetryPolicy) else RetryPolicy(**{"max_attempts": max_retries + 1,
+                                                                                 **(retry or {})})
+        self.rate = rate if isinstance(rate, RateControl) else RateControl(**(rate or {}))
+        self.rate_state: RateState = new_state(self.rate, self.concurrency)
         self._api_key = resolve_api_key(api_key)
         self._sync_client: openai.OpenAI | None = None
 
@@ -99,7 +109,8 @@ class ServerScorer:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "fingerprint": self._fingerprint, "backend": "openai-server",
-                "template_source": self._template_source, **self._identity}
+                "template_source": self._template_source, **self._identity, "concurrency": self.concurrency,
+                "retry": self.retry.model_dump(), "rate": self.rate.model_dump(), "rate_state": self.rate_state.to_json()}
 
     # -- text ---------------------------------------------------------------------------
     def _render(self, user: str) -> str:
@@ -143,13 +154,15 @@ class ServerScorer:
 
     async def _score_all(self, requests: list[PassRequest]) -> list[PassOutcome]:
         # One client per call: an async HTTP client belongs to the event loop that made it.
-        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key,
-                                    timeout=self.timeout, max_retries=self.max_retries)
-        gate = asyncio.Semaphore(self.concurrency)
+        # Retries are ours (retry policy + rate control see every 429), not the SDK's.
+        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, timeout=self.timeout, max_retries=0)
+        control = RateController(self.rate, self.concurrency, self.rate_state)
 
         async def one(req: PassRequest) -> PassOutcome:
-            async with gate:
-                return await self._score_one(client, req)
+            try:
+                return await retrying(self.retry)(self._attempt, client, control, req)
+            except Failure as exc:
+                return PassError(exc.reason)
 
         try:
             results = await asyncio.gather(*(one(r) for r in requests))
@@ -159,19 +172,32 @@ class ServerScorer:
         self.stats["errors"] += sum(isinstance(r, PassError) for r in results)
         return list(results)
 
-    async def _score_one(self, client: openai.AsyncOpenAI, req: PassRequest) -> PassOutcome:
+    async def _attempt(self, client: openai.AsyncOpenAI, control: RateController, req: PassRequest) -> PassOutcome:
+        """One HTTP attempt, admitted by rate control; a retryable `Failure` goes back to the policy."""
+        ticket = await control.acquire(0.0)
+        outcome, retry_after = "failed", None
         try:
-            if self.mode == "echo":
-                return await self._echo(client, req)
-            return await self._prompt_logprobs(client, req)
+            result = await (self._echo(client, req) if self.mode == "echo" else self._prompt_logprobs(client, req))
+            outcome = "ok" if isinstance(result, PassResult) else "failed"
+            return result
         except openai.APIStatusError as exc:
-            return PassError(f"server error {exc.status_code}: {_reason(exc)}")
+            status, wait = exc.status_code, retry_after_seconds(exc.response.headers)
+            reason = f"server error {status}: {_reason(exc)}"
+            retryable = status in (408, 429) or status >= 500
+            if wait is not None and wait > self.retry.max_retry_after:
+                retryable, wait = False, None
+                reason += f" (the server asked to wait longer than max_retry_after {self.retry.max_retry_after:g}s)"
+            if status in (429, 503):  # the server is over its limit: slow everyone down
+                outcome, retry_after = "rejected", wait
+            raise Failure(reason, status, retryable=retryable, retry_after=wait) from None
         except openai.APITimeoutError:
-            return PassError(f"server timeout after {self.timeout}s")
+            raise Failure(f"server timeout after {self.timeout}s", retryable=True) from None
         except openai.APIConnectionError as exc:
-            return PassError(f"server unreachable at {public_url(self.base_url)}: {exc}")
+            raise Failure(f"server unreachable at {public_url(self.base_url)}: {exc}", retryable=True) from None
         except Exception as exc:  # a malformed answer: one pass fails, not the batch
             return PassError(f"unexpected server response: {type(exc).__name__}: {exc}")
+        finally:
+            await control.release(ticket, outcome, retry_after=retry_after)
 
     async def _echo(self, client: openai.AsyncOpenAI, req: PassRequest) -> PassOutcome:
         if not req.output:

@@ -29,21 +29,15 @@ The API key is never part of the identity, `describe()`, logs or error reasons.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import functools
 import json
 import logging
-import math
-import random
 import re
-import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Literal, Sequence
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
-from tenacity.wait import wait_base, wait_exponential
+from pydantic import BaseModel
 
 from ..backends.endpoint import public_url, resolve_api_key, resolve_base_url, run_sync
 from .base import (
@@ -61,6 +55,8 @@ from .base import (
     renormalise_choices,
 )
 from .rate import RateControl, RateController, RateState, estimate_tokens, new_state
+from .retry import Failure as _Failure
+from .retry import RetryPolicy, retry_after_seconds, retrying
 from .structured import StructuredError, parse_structured
 
 log = logging.getLogger(__name__)
@@ -68,23 +64,6 @@ log = logging.getLogger(__name__)
 StructuredMode = Literal["auto", "response_format", "prompt"]
 STRUCTURED_MODES: tuple[str, ...] = ("auto", "response_format", "prompt")
 TOP_LOGPROBS = 20  # the most OpenAI and vLLM (default max_logprobs) return
-
-
-class RetryPolicy(BaseModel):
-    """How failed HTTP attempts are retried (429, 408, 5xx, timeouts, broken bodies).
-
-    The n-th wait is `min(max_wait, initial_wait * 2**(n-1))`, scaled by a random factor in
-    [0.5, 1] with `jitter`, and never shorter than the server's Retry-After; a Retry-After
-    longer than `max_retry_after` ends the request instead of stalling the run.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    max_attempts: int = Field(6, ge=1)
-    initial_wait: float = Field(0.5, ge=0)
-    max_wait: float = Field(30.0, ge=0)
-    jitter: bool = True
-    max_retry_after: float = Field(120.0, ge=0)
 
 
 class OpenAIChatGenerator:
@@ -269,11 +248,10 @@ class OpenAIChatGenerator:
     # -- HTTP ---------------------------------------------------------------------------
     async def _send(self, call: "_Call", body: dict[str, Any], tally: "_Tally") -> "_Reply":
         """One chat completion, retried by the policy; raises `_Failure` when it gives up."""
-        retrying = AsyncRetrying(stop=stop_after_attempt(self.retry.max_attempts), wait=_Backoff(self.retry),
-                                 retry=retry_if_exception(_is_retryable), reraise=True, before_sleep=_log_retry)
+        retry_loop = retrying(self.retry)
         before = tally.attempts
         try:
-            return await retrying(self._attempt, call, body, tally)
+            return await retry_loop(self._attempt, call, body, tally)
         except _Failure as exc:
             if exc.retryable:
                 n = tally.attempts - before
@@ -312,7 +290,7 @@ class OpenAIChatGenerator:
         reason = f"server error {status}: {_error_message(content)}"
         if status not in (408, 429) and status < 500:
             return _Failure(reason, status)
-        wait = _retry_after(headers)
+        wait = retry_after_seconds(headers)
         if wait is not None and wait > self.retry.max_retry_after:
             return _Failure(f"{reason} (the server asked to wait {wait:g}s, more than max_retry_after "
                             f"{self.retry.max_retry_after:g}s)", status)
@@ -359,41 +337,6 @@ class _Reply:
     logprobs: Any = None
 
 
-class _Failure(Exception):
-    """An attempt (or a request) that failed; `retryable` ones go through the retry policy."""
-
-    def __init__(self, reason: str, status: int | None = None, *, retryable: bool = False,
-                 retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason, self.status, self.retryable, self.retry_after = reason, status, retryable, retry_after
-
-
-def _is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, _Failure) and exc.retryable
-
-
-class _Backoff(wait_base):
-    """Exponential backoff with jitter, never shorter than the server's Retry-After."""
-
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.policy = policy
-        self.exponential = wait_exponential(multiplier=policy.initial_wait, max=policy.max_wait)
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        wait = self.exponential(retry_state)
-        if self.policy.jitter:
-            wait *= random.uniform(0.5, 1.0)
-        exc = retry_state.outcome.exception() if retry_state.outcome is not None else None
-        hint = exc.retry_after if isinstance(exc, _Failure) else None
-        return max(wait, hint) if hint is not None else wait
-
-
-def _log_retry(retry_state: RetryCallState) -> None:
-    exc = retry_state.outcome.exception() if retry_state.outcome is not None else None
-    wait = retry_state.next_action.sleep if retry_state.next_action is not None else 0.0
-    log.debug("attempt %d failed (%s); retrying in %.2fs", retry_state.attempt_number, exc, wait)
-
-
 # -- parsing --------------------------------------------------------------------------------
 def _parse_reply(raw: bytes, tally: _Tally) -> _Reply:
     """The first choice of a chat completion body, or a retryable broken-body failure."""
@@ -427,24 +370,6 @@ def _first_top_logprobs(logprobs: Any) -> list[dict[str, Any]] | None:
     if not isinstance(top, list) or not top:
         return None
     return [e for e in top if isinstance(e, dict)]
-
-
-def _retry_after(headers: Any) -> float | None:
-    """Seconds the server asked to wait (`retry-after-ms`, `retry-after`: seconds or a date)."""
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name) if headers is not None else None
-        if value is None:
-            continue
-        try:
-            seconds = float(value) / scale
-        except ValueError:
-            when = email.utils.parsedate_tz(value)
-            if when is None:
-                continue
-            seconds = email.utils.mktime_tz(when) - time.time()
-        if math.isfinite(seconds):
-            return max(0.0, seconds)
-    return None
 
 
 def _error_message(content: bytes) -> str:

@@ -1,6 +1,6 @@
 """Rate control for OpenAI-compatible servers: how many requests may be in flight, and when.
 
-Kept apart from the retry policy (`openai_chat.RetryPolicy`): the retry policy decides
+Kept apart from the retry policy (`retry.RetryPolicy`): the retry policy decides
 whether and after how long *one* failed request is tried again; rate control decides
 when *any* request may be sent. A 429 feeds both: the request is retried by the policy,
 and the controller lowers the concurrency for everyone.
