@@ -207,7 +207,7 @@ class RateController:
                         self.paused_until = until
                 if not self._about_load(ticket):
                     st.unrelated += 1
-                    self._cond.notify_all()
+                    self._wake()
                     return
                 ceiling = max(float(c.minimum), float(min(ticket.in_flight, self._window_low) - 1))
                 if c.adaptive and ticket.epoch == self.epoch:  # the first signal of this window
@@ -220,7 +220,15 @@ class RateController:
                     self._window_low = self.maximum + 1
                 elif c.adaptive:  # later signals of the same window only sharpen the estimate
                     st.threshold = min(st.threshold, ceiling)
-            self._cond.notify_all()
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake as many waiting senders as there are free slots, not all of them: with 128
+        workers waiting, waking everyone on every answer costs more CPU than the answer.
+        (A sender held back by a pause or a budget wakes itself when its wait is over.)"""
+        free = int(self.state.limit) - self.in_flight
+        if free > 0:
+            self._cond.notify(free)
 
     def _about_load(self, ticket: Ticket) -> bool:
         """Is this rejection a sign of load? (See the module docstring.)"""
