@@ -195,18 +195,27 @@ class HFGenerator:
         another copy of this model gets the very batches, hence the very answers, of one
         local call: how the Ray engine spreads a step over actors without changing it.
         """
+        batches, failed = self._batches(requests)
+        plan = [[p.index for p in batch] for batch in batches]
+        return plan + ([[i for i, _ in failed]] if failed else [])
+
+    def _batches(self, requests: Sequence[ChatRequest] | Sequence[ChoiceRequest]
+                 ) -> tuple[list[list[_Prompt]], list[tuple[int, GenError]]]:
+        """The one batching rule of this generator (used by `chat`, `choice_probs` and `plan`):
+        chat requests grouped by (response model, max_tokens, temperature), each group length-
+        sorted into batches; plus the requests that cannot be prompted, with why."""
         groups: dict[tuple[Any, ...], list[_Prompt]] = {}
-        failed: list[int] = []
+        failed: list[tuple[int, GenError]] = []
         for i, req in enumerate(requests):
             ids = self._prompt_ids(req.messages)
             if isinstance(ids, GenError):
-                failed.append(i)
-                continue
-            key = (req.response_model, req.max_tokens, req.temperature) if isinstance(req, ChatRequest) else ()
-            groups.setdefault(key, []).append(_Prompt(i, ids, 0))
-        batches = [[p.index for p in batch] for members in groups.values()
-                   for batch in _length_sorted_batches(members, self.batch_size)]
-        return batches + ([failed] if failed else [])
+                failed.append((i, ids))
+            elif isinstance(req, ChatRequest):
+                budget = min(req.max_tokens, self.max_length - len(ids))
+                groups.setdefault((req.response_model, req.max_tokens, req.temperature), []).append(_Prompt(i, ids, budget))
+            else:
+                groups.setdefault((), []).append(_Prompt(i, ids, 0))
+        return [batch for members in groups.values() for batch in _length_sorted_batches(members, self.batch_size)], failed
 
     # -- chat ----------------------------------------------------------------------------
     def chat(self, requests: Sequence[ChatRequest], on_result: OnChat | None = None) -> list[ChatOutcome]:
@@ -222,19 +231,12 @@ class HFGenerator:
             if on_result is not None:
                 on_result(i, outcome)
 
-        groups: dict[tuple[Any, ...], list[_Prompt]] = {}
-        for i, req in enumerate(requests):
-            ids = self._prompt_ids(req.messages)
-            if isinstance(ids, GenError):
-                final(i, ids)
-                continue
-            budget = min(req.max_tokens, self.max_length - len(ids))
-            key = (req.response_model, req.max_tokens, req.temperature)
-            groups.setdefault(key, []).append(_Prompt(i, ids, budget))
-        for members in groups.values():
-            for batch in _length_sorted_batches(members, self.batch_size):
-                for prompt, outcome in zip(batch, self._chat_batch([requests[p.index] for p in batch], batch), strict=True):
-                    final(prompt.index, outcome)
+        batches, failed = self._batches(requests)
+        for i, error in failed:
+            final(i, error)
+        for batch in batches:
+            for prompt, outcome in zip(batch, self._chat_batch([requests[p.index] for p in batch], batch), strict=True):
+                final(prompt.index, outcome)
         return results  # type: ignore[return-value]
 
     def _chat_batch(self, reqs: list[ChatRequest], batch: list[_Prompt]) -> list[ChatOutcome]:
@@ -320,14 +322,10 @@ class HFGenerator:
             if on_result is not None:
                 on_result(i, outcome)
 
-        prompts: list[_Prompt] = []
-        for i, req in enumerate(requests):
-            ids = self._prompt_ids(req.messages)
-            if isinstance(ids, GenError):
-                final(i, ids)
-            else:
-                prompts.append(_Prompt(i, ids, 0))
-        for batch in _length_sorted_batches(prompts, self.batch_size):
+        batches, failed = self._batches(requests)
+        for i, error in failed:
+            final(i, error)
+        for batch in batches:
             probs = self._next_token_probs([p.ids for p in batch])
             for b, p in enumerate(batch):
                 req = requests[p.index]

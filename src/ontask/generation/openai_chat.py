@@ -259,7 +259,7 @@ class OpenAIChatGenerator:
             raise
 
     async def _attempt(self, call: "_Call", body: dict[str, Any], tally: "_Tally") -> "_Reply":
-        ticket = await call.rate.acquire(estimate_tokens(body))
+        ticket = await call.rate.acquire(estimate_tokens(body) if call.rate.counts_tokens else 0.0)
         outcome, used, retry_after = "failed", None, None
         try:
             tally.attempts += 1

@@ -147,6 +147,11 @@ class RateController:
         self._tokens = TokenBucket(control.tokens_per_minute) if control.tokens_per_minute else None
         self._requests = TokenBucket(control.requests_per_minute) if control.requests_per_minute else None
 
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether a token budget is set (only then is a request's token estimate needed)."""
+        return self._tokens is not None
+
     def _wait_s(self, tokens: float) -> float | None:
         """Seconds to wait before the next send may go; None: wait for a release."""
         now = time.monotonic()
