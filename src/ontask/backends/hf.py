@@ -23,12 +23,13 @@ from typing import Any, Sequence
 
 import torch
 
-from .base import PassError, PassOutcome, PassRequest, PassResult, fingerprint_of
+from .base import PassOutcome, PassRequest, PassResult, fingerprint_of
+from .tokenized import TokenizingScorer
 
 MIN_SHARED_PREFIX = 8  # below this, sharing a prefix costs more than it saves
 
 
-class HFScorer:
+class HFScorer(TokenizingScorer):
     """Scores passes with a transformers causal LM on CPU or GPU."""
 
     def __init__(
@@ -69,29 +70,9 @@ class HFScorer:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "fingerprint": self._fingerprint, **self._identity}
 
-    # -- text -> tokens -------------------------------------------------------------
-    def render_prompt(self, user: str) -> str:
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
-        )
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def encode(self, req: PassRequest) -> tuple[list[int], int] | PassError:
-        """Token ids of prompt + output and the index where the output starts."""
-        return split_pass(self.tokenizer, self.render_prompt(req.user), req.output, self.max_length)
-
     # -- scoring --------------------------------------------------------------------
     def score(self, requests: Sequence[PassRequest]) -> list[PassOutcome]:
-        results: list[PassOutcome | None] = [None] * len(requests)
-        encoded: list[tuple[int, list[int], int]] = []
-        for i, req in enumerate(requests):
-            enc = self.encode(req)
-            if isinstance(enc, PassError):
-                results[i] = enc
-            else:
-                encoded.append((i, enc[0], enc[1]))
+        results, encoded = self.encode_all(requests)
         for batch in self._plan_batches(encoded):
             for (i, ids, start), res in zip(batch, self._forward(batch)):
                 results[i] = res
@@ -161,23 +142,6 @@ class HFScorer:
             PassResult(float(sums[b]), len(s) - start, start)
             for b, (s, start) in enumerate(zip(seqs, starts))
         ]
-
-
-def split_pass(tokenizer: Any, prompt: str, output: str, max_length: int) -> tuple[list[int], int] | PassError:
-    """Token ids of prompt + output and the index where the output starts, split exactly.
-
-    A module function (not only `HFScorer.encode`) so that every scorer that tokenises
-    locally (the in-process vLLM one too) counts exactly the same output tokens.
-    """
-    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    full = tokenizer(prompt + output, add_special_tokens=False)["input_ids"]
-    if full[: len(p_ids)] != p_ids:  # boundary merge: split exactly by construction
-        full = p_ids + tokenizer(output, add_special_tokens=False)["input_ids"]
-    if len(full) == len(p_ids):
-        return PassError("output has no tokens")
-    if len(full) > max_length:
-        return PassError(f"too long: {len(full)} tokens > model maximum {max_length}")
-    return list(full), len(p_ids)
 
 
 def _target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -39,8 +39,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..generation.rate import RateControl, RateController, RateState, new_state
 from ..generation.retry import Failure, RetryPolicy, retry_after_seconds, retrying
-from .endpoint import public_url, resolve_api_key, resolve_base_url, run_sync
 from .base import PassError, PassOutcome, PassRequest, PassResult, fingerprint_of
+from .endpoint import public_url, resolve_api_key, resolve_base_url, run_sync
+from .tokenized import split_pass
 
 MODES = ("echo", "prompt_logprobs")
 
@@ -134,17 +135,7 @@ class ServerScorer:
 
     def encode(self, req: PassRequest) -> tuple[list[int], int] | PassError:
         """Local token ids of prompt + output and where the output starts (as HFScorer.encode)."""
-        tok = self._tokenizer
-        prompt = self.render_prompt(req.user)
-        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        full = tok(prompt + req.output, add_special_tokens=False)["input_ids"]
-        if full[: len(p_ids)] != p_ids:  # boundary merge: split exactly by construction
-            full = p_ids + tok(req.output, add_special_tokens=False)["input_ids"]
-        if len(full) == len(p_ids):
-            return PassError("output has no tokens")
-        if self.max_length and len(full) > self.max_length:
-            return PassError(f"too long: {len(full)} tokens > model maximum {self.max_length}")
-        return full, len(p_ids)
+        return split_pass(self._tokenizer, self.render_prompt(req.user), req.output, self.max_length)
 
     # -- scoring ------------------------------------------------------------------------
     def score(self, requests: Sequence[PassRequest]) -> list[PassOutcome]:

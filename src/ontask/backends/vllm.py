@@ -7,7 +7,7 @@ offline API as of 0.33 (`LLM.generate` on token-id prompts, `SamplingParams.prom
 same calls exist back to 0.6.
 
 Exactness: prompts are tokenised here, with the model's own transformers tokenizer and
-chat template, by the very function `HFScorer` uses (`split_pass`), and sent as token ids.
+chat template, by the very code `HFScorer` uses (`tokenized.TokenizingScorer`), and sent as token ids.
 So both scorers count the same output tokens, and differ only by kernels and dtype.
 `SamplingParams(max_tokens=1, prompt_logprobs=0)` returns, for every prompt position, the
 log-probability of the token actually there; the output's positions are summed.
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .base import PassError, PassOutcome, PassRequest, PassResult, fingerprint_of
+from .tokenized import TokenizingScorer
 
 INSTALL_HINT = "vllm:PATH needs vLLM and a CUDA GPU: pip install 'ontask[vllm]'"
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's own default; lower it to share a GPU between engines
@@ -189,7 +190,7 @@ def pass_outcome(
 
 
 # -- the scorer --------------------------------------------------------------------------
-class VLLMScorer:
+class VLLMScorer(TokenizingScorer):
     """Implements `Scorer` with an in-process `vllm.LLM` (one `generate` call per `score`)."""
 
     def __init__(self, llm: Any, tokenizer: Any, *, name: str, identity: dict[str, Any], max_length: int) -> None:
@@ -208,38 +209,13 @@ class VLLMScorer:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "fingerprint": self._fingerprint, "vllm": vllm_version(), **self._identity}
 
-    def render_prompt(self, user: str) -> str:
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
-        )
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def encode(self, req: PassRequest) -> tuple[list[int], int] | PassError:
-        """Token ids of prompt + output and where the output starts (exactly as `HFScorer`)."""
-        from .hf import split_pass
-
-        return split_pass(self.tokenizer, self.render_prompt(req.user), req.output, self.max_length)
-
     def score(self, requests: Sequence[PassRequest]) -> list[PassOutcome]:
         from vllm import SamplingParams
 
-        results: list[PassOutcome | None] = [None] * len(requests)
-        todo: list[tuple[int, list[int], int]] = []
-        for i, req in enumerate(requests):
-            enc = self.encode(req)
-            if isinstance(enc, PassError):
-                results[i] = enc
-            else:
-                todo.append((i, enc[0], enc[1]))
+        results, todo = self.encode_all(requests)  # tokenised exactly as HFScorer does
         if todo:
             params = SamplingParams(**scoring_sampling_kwargs())
-            prompts = [{"prompt_token_ids": ids} for _, ids, _ in todo]
-            try:
-                outputs = self.llm.generate(prompts, params, use_tqdm=False)
-            except Exception:  # vLLM rejects a whole batch for one bad prompt: retry one by one
-                outputs = [self._one(p, params) for p in prompts]
+            outputs = generate_each(self.llm, [ids for _, ids, _ in todo], [params] * len(todo))
             for (i, ids, start), out in zip(todo, outputs, strict=True):
                 if isinstance(out, Exception):
                     results[i] = PassError(f"vLLM rejected this pass: {type(out).__name__}: {out}")
@@ -249,12 +225,6 @@ class VLLMScorer:
             self.stats["passes"] += len(todo)
             self.stats["tokens"] += sum(len(ids) for _, ids, _ in todo)
         return results  # type: ignore[return-value]
-
-    def _one(self, prompt: dict[str, Any], params: Any) -> Any:
-        try:
-            return self.llm.generate([prompt], params, use_tqdm=False)[0]
-        except Exception as exc:  # this pass only
-            return exc
 
 
 def load_vllm_scorer(
@@ -266,11 +236,36 @@ def load_vllm_scorer(
     name: str | None = None,
 ) -> VLLMScorer:
     """`vllm:PATH` (a local folder; no hub access on purpose) as a scorer."""
+    llm, tokenizer, identity, length = load_model(path, dtype=dtype, max_length=max_length,
+                                                  gpu_memory_utilization=gpu_memory_utilization)
+    # One position is kept for the token vLLM must generate after the scored prompt.
+    return VLLMScorer(llm, tokenizer, name=name or f"vllm:{path}", identity=identity, max_length=length - 1)
+
+
+def load_model(path: str | os.PathLike, *, dtype: str, max_length: int | None,
+               gpu_memory_utilization: float) -> tuple[Any, Any, dict[str, Any], int]:
+    """(engine, chat tokenizer, identity, context length) for `vllm:PATH`, scorer or generator.
+    The tokenizer is loaded first, so a wrong folder fails in a second, not after GPU warm-up."""
     require_vllm()
     tokenizer = load_chat_tokenizer(path)
     llm = load_engine(path, dtype=dtype, max_length=max_length, gpu_memory_utilization=gpu_memory_utilization)
     resolved, context = engine_facts(llm, dtype)
-    # One position is kept for the token vLLM must generate after the scored prompt.
-    length = (max_length or context or 2048) - 1
-    return VLLMScorer(llm, tokenizer, name=name or f"vllm:{path}", identity=engine_identity(path, tokenizer, resolved),
-                      max_length=length)
+    return llm, tokenizer, engine_identity(path, tokenizer, resolved), max_length or context or 2048
+
+
+def generate_each(llm: Any, prompts: list[list[int]], params: list[Any]) -> list[Any]:
+    """`RequestOutput`s aligned with the token-id `prompts`; an Exception in place of each one
+    vLLM rejected (it rejects a whole call for one invalid request: then one by one)."""
+    if not prompts:
+        return []
+    batch = [{"prompt_token_ids": ids} for ids in prompts]
+    try:
+        return list(llm.generate(batch, params, use_tqdm=False))
+    except Exception:
+        outputs: list[Any] = []
+        for prompt, p in zip(batch, params, strict=True):
+            try:
+                outputs.append(llm.generate([prompt], p, use_tqdm=False)[0])
+            except Exception as exc:  # this request only
+                outputs.append(exc)
+        return outputs

@@ -75,6 +75,7 @@ from .base import (
     fingerprint_of,
 )
 from .structured import StructuredError, parse_structured
+from .templated import ChatTemplatePrompts
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class _Prompt:
     budget: int  # new tokens allowed: max_tokens, or less where the context ends first
 
 
-class HFGenerator:
+class HFGenerator(ChatTemplatePrompts):
     """Implements `Generator` with a local transformers causal LM."""
 
     def __init__(
@@ -165,26 +166,6 @@ class HFGenerator:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "fingerprint": self._fingerprint, "backend": "transformers", **self._identity}
-
-    # -- prompts -------------------------------------------------------------------------
-    def render(self, messages: Sequence[dict[str, str]]) -> str:
-        """The chat template applied to `messages`, ending with the assistant header."""
-        return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def _prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int] | GenError:
-        try:
-            ids = self.encode(self.render(messages))
-        except Exception as exc:  # a template that rejects these messages fails this request only
-            return GenError(f"the chat template cannot render these messages: {type(exc).__name__}: {exc}")
-        if len(ids) >= self.max_length:
-            return GenError(
-                f"prompt too long: {len(ids)} tokens, the model's context is {self.max_length} tokens",
-                usage=Usage(prompt_tokens=len(ids)),
-            )
-        return ids
 
     # -- batch plan ----------------------------------------------------------------------
     def plan(self, requests: Sequence[ChatRequest] | Sequence[ChoiceRequest]) -> list[list[int]]:

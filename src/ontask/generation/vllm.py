@@ -31,15 +31,7 @@ import inspect
 import os
 from typing import Any, Callable, Mapping, Sequence
 
-from ..backends.vllm import (
-    DEFAULT_GPU_MEMORY_UTILIZATION,
-    engine_facts,
-    engine_identity,
-    load_chat_tokenizer,
-    load_engine,
-    require_vllm,
-    vllm_version,
-)
+from ..backends.vllm import DEFAULT_GPU_MEMORY_UTILIZATION, generate_each, load_model, vllm_version
 from .base import (
     ChatOutcome,
     ChatRequest,
@@ -56,6 +48,7 @@ from .base import (
 )
 from .hf import _closed, _quote
 from .structured import StructuredError, parse_structured
+from .templated import ChatTemplatePrompts
 
 TOP_LOGPROBS = 20  # vLLM's default max_logprobs, and what the OpenAI backend asks for
 
@@ -154,7 +147,7 @@ def choice_outcome(choices: Sequence[str], top: Sequence[tuple[str, float]], n_p
 
 
 # -- the generator ---------------------------------------------------------------------------
-class VLLMGenerator:
+class VLLMGenerator(ChatTemplatePrompts):
     """Implements `Generator` with an in-process `vllm.LLM`."""
 
     def __init__(self, llm: Any, tokenizer: Any, *, name: str, identity: dict[str, Any], max_length: int,
@@ -187,21 +180,6 @@ class VLLMGenerator:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "fingerprint": self._fingerprint, **self._identity}
 
-    # -- prompts -------------------------------------------------------------------------
-    def render(self, messages: Sequence[dict[str, str]]) -> str:
-        """The chat template applied to `messages`, ending with the assistant header."""
-        return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-
-    def _prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int] | GenError:
-        try:
-            ids = list(self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"])
-        except Exception as exc:  # a template that rejects these messages fails this request only
-            return GenError(f"the chat template cannot render these messages: {type(exc).__name__}: {exc}")
-        if len(ids) >= self.max_length:
-            return GenError(f"prompt too long: {len(ids)} tokens, the model's context is {self.max_length} tokens",
-                            usage=Usage(prompt_tokens=len(ids)))
-        return ids
-
     # -- chat ----------------------------------------------------------------------------
     def chat(self, requests: Sequence[ChatRequest], on_result: OnChat | None = None) -> list[ChatOutcome]:
         """Answers aligned with `requests`, all generated in one vLLM call."""
@@ -224,7 +202,7 @@ class VLLMGenerator:
                 final(i, GenError(params.reason, usage=Usage(prompt_tokens=len(ids))))
                 continue
             todo.append((i, ids, budget, params))
-        outputs = self._generate([ids for _, ids, _, _ in todo], [p for _, _, _, p in todo])
+        outputs = generate_each(self.llm, [ids for _, ids, _, _ in todo], [p for _, _, _, p in todo])
         for (i, ids, budget, _), out in zip(todo, outputs, strict=True):
             if isinstance(out, Exception):
                 final(i, GenError(f"vLLM rejected this request: {type(out).__name__}: {out}",
@@ -269,7 +247,7 @@ class VLLMGenerator:
             else:
                 todo.append((i, ids))
         params = SamplingParams(**choice_sampling_kwargs())
-        outputs = self._generate([ids for _, ids in todo], [params] * len(todo))
+        outputs = generate_each(self.llm, [ids for _, ids in todo], [params] * len(todo))
         for (i, ids), out in zip(todo, outputs, strict=True):
             if isinstance(out, Exception):
                 final(i, GenError(f"vLLM rejected this request: {type(out).__name__}: {out}",
@@ -283,24 +261,6 @@ class VLLMGenerator:
     def _decode(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
 
-    # -- engine --------------------------------------------------------------------------
-    def _generate(self, prompts: list[list[int]], params: list[Any]) -> list[Any]:
-        """RequestOutputs aligned with `prompts`; an Exception in place of each one vLLM rejected."""
-        if not prompts:
-            return []
-        batch = [{"prompt_token_ids": ids} for ids in prompts]
-        try:
-            return list(self.llm.generate(batch, params, use_tqdm=False))
-        except Exception:  # one invalid request fails the whole call: find it by going one by one
-            outputs: list[Any] = []
-            for prompt, p in zip(batch, params, strict=True):
-                try:
-                    outputs.append(self.llm.generate([prompt], p, use_tqdm=False)[0])
-                except Exception as exc:
-                    outputs.append(exc)
-            return outputs
-
-
 def load_vllm_generator(
     path: str | os.PathLike,
     *,
@@ -311,9 +271,7 @@ def load_vllm_generator(
     name: str | None = None,
 ) -> VLLMGenerator:
     """`vllm:PATH` (a local folder; no hub access on purpose) as a generator."""
-    require_vllm()
-    tokenizer = load_chat_tokenizer(path)
-    llm = load_engine(path, dtype=dtype, max_length=max_length, gpu_memory_utilization=gpu_memory_utilization)
-    resolved, context = engine_facts(llm, dtype)
-    return VLLMGenerator(llm, tokenizer, name=name or f"vllm:{path}", identity=engine_identity(path, tokenizer, resolved),
-                         max_length=max_length or context or 2048, repetition_penalty=repetition_penalty)
+    llm, tokenizer, identity, length = load_model(path, dtype=dtype, max_length=max_length,
+                                                  gpu_memory_utilization=gpu_memory_utilization)
+    return VLLMGenerator(llm, tokenizer, name=name or f"vllm:{path}", identity=identity, max_length=length,
+                         repetition_penalty=repetition_penalty)
