@@ -53,10 +53,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_chat_concurrency import fake_server  # noqa: E402  (the same server start-up as the other benchmarks)
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "benchmarks" / "peers"
@@ -85,24 +87,6 @@ def peers_python() -> Path:
         print(f"installing {PEERS / 'requirements.txt'} into {PEERS_VENV} (a few minutes)...", file=sys.stderr, flush=True)
         subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", str(PEERS / "requirements.txt")], check=True)
     return py
-
-
-# -- the fake server -----------------------------------------------------------------------
-@contextmanager
-def fake_server(log: Path, *flags: str) -> Iterator[str]:
-    """Start the fake server CLI in a subprocess, logging to `log`; yield its base URL; stop it."""
-    cmd = [sys.executable, "-m", "ontask.testing.fake_server", "--port", "0", "--log", str(log), *flags]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    try:
-        url = proc.stdout.readline().strip() if proc.stdout else ""
-        if not url.startswith("http"):
-            raise RuntimeError(f"the fake server did not start (exit code {proc.poll()})")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        if proc.stdout:
-            proc.stdout.close()
 
 
 def read_log(log: Path) -> list[dict[str, Any]]:
@@ -218,7 +202,7 @@ def bench_throughput(clients: list[str], args: argparse.Namespace, tmp: Path, fa
     for client in clients:
         print(f"[{label}] {client}...", file=sys.stderr, flush=True)
         log = tmp / f"{label}-{client}.log.jsonl"
-        with fake_server(log, *flags) as url:
+        with fake_server(*flags, log=log) as url:
             res = run_client(client, url, prompts, tmp / f"{label}-{client}.state", tmp / f"{label}-{client}",
                              args, timeout=args.client_timeout)
         st = server_stats(read_log(log))
@@ -293,7 +277,7 @@ def bench_kill(clients: list[str], args: argparse.Namespace, tmp: Path) -> None:
     for client in clients:
         print(f"[kill -9] {client}...", file=sys.stderr, flush=True)
         log, state = tmp / f"kill-{client}.log.jsonl", tmp / f"kill-{client}.state"
-        with fake_server(log, "--latency", str(lat)) as url:
+        with fake_server("--latency", str(lat), log=log) as url:
             killed, seen = run_and_kill(client, url, prompts, state, log, tmp / f"kill-{client}-1", at, args)
             time.sleep(1.0)  # let the server log the connections the kill dropped
             started2 = time.time()
