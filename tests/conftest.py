@@ -23,7 +23,7 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_scorer(tiny_dir):
-    from ontask.backends.hf import load_hf_scorer
+    from ontask.models.hf.scorer import load_hf_scorer
 
     return load_hf_scorer(tiny_dir)
 
@@ -39,7 +39,7 @@ def cache(tmp_path):
 @pytest.fixture(scope="session")
 def smol_scorer():
     """The embedded SmolLM2 (converted once into the user cache; ~20 s the first time)."""
-    from ontask.backends.embedded import load_embedded_scorer
+    from ontask.models.embedded.weights import load_embedded_scorer
 
     return load_embedded_scorer()
 

@@ -116,13 +116,13 @@ def test_faults_are_recorded_never_papered_over(tmp_path, db, embedder):
                   timeout_delay=3.0, retry_after=0.05)
     with FakeServer(chat_handler=tcia_chat_handler, model_name=("tiny", "tiny-b"), **faults) as server:
         cfg_kw = dict(max_states=120, samples=30)
-        from ontask.generation.openai_chat import RetryPolicy
+        from ontask.models.openai.chat import RetryPolicy
 
         def loader(spec):
-            from ontask.generation.openai_chat import OpenAIChatGenerator
+            from ontask.models.openai.chat import OpenAIChatGenerator
 
             # few attempts, short waits, so that some calls do run out of retries
-            return OpenAIChatGenerator(spec.split(":", 1)[1], base_url=server.base_url, concurrency=64, timeout=1.0,
+            return OpenAIChatGenerator(spec.target, base_url=server.base_url, concurrency=64, timeout=1.0,
                                        retry=RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.05))
 
         cfg = _config(server.base_url, **cfg_kw)

@@ -15,8 +15,8 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, Field
 
-from ontask.generation.base import ChatRequest, ChatResult, ChoiceRequest, ChoiceResult, GenError
-from ontask.generation.openai_chat import OpenAIChatGenerator, RetryPolicy, load_openai_generator
+from ontask.models.base import ChatRequest, ChatResult, ChoiceRequest, ChoiceResult, GenError
+from ontask.models.openai.chat import OpenAIChatGenerator, RetryPolicy, load_openai_generator
 from ontask.testing.fake_server import (
     FakeError,
     FakeServer,

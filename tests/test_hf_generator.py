@@ -9,8 +9,8 @@ import pytest
 import torch
 from pydantic import BaseModel, Field
 
-from ontask.generation.base import ChatRequest, ChatResult, ChoiceRequest, ChoiceResult, GenError
-from ontask.generation.hf import HFGenerator, load_hf_generator
+from ontask.models.base import ChatRequest, ChatResult, ChoiceRequest, ChoiceResult, GenError
+from ontask.models.hf.generator import HFGenerator, load_hf_generator
 
 
 class Colour(str, Enum):
@@ -182,7 +182,7 @@ class Decomposition(BaseModel):
 
 @pytest.mark.slow
 def test_embedded_model_decomposes_into_a_valid_object():
-    from ontask.generation.hf import load_embedded_generator
+    from ontask.models.hf.generator import load_embedded_generator
 
     gen = load_embedded_generator()
     assert gen.name == "embedded" and "gguf_sha256" in gen.describe()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ontask.generation.base import ChatRequest, ChatResult
-from ontask.generation.openai_chat import OpenAIChatGenerator, RetryPolicy
-from ontask.generation.rate import RateControl, RateController, new_state
+from ontask.models.base import ChatRequest, ChatResult
+from ontask.models.openai.chat import OpenAIChatGenerator, RetryPolicy
+from ontask.models.transport.rate import RateControl, RateController, new_state
 from ontask.testing.fake_server import FakeError, FakeServer, default_chat_answer
 
 CHAT = "/v1/chat/completions"

@@ -55,9 +55,10 @@ def one_thread():
 
 @pytest.mark.parametrize("metrics", [["ppl", "ifd", "tss", "tss++"], ["tss"]])
 def test_ray_engine_writes_exactly_what_the_local_engine_writes(tmp_path, tiny_dir, local_ray, one_thread, metrics):
-    from ontask.backends import load_scorer
+    from ontask.models import load_scorer
     from ontask.cache import ResultCache
     from ontask.embed import load_embedder
+    from ontask.api import score_executor
     from ontask.scoring import ScoreConfig, run_score
 
     src = tmp_path / "rows.jsonl"
@@ -69,7 +70,8 @@ def test_ray_engine_writes_exactly_what_the_local_engine_writes(tmp_path, tiny_d
         with ResultCache(tmp_path / f"{engine}.sqlite") as cache:
             emb = load_embedder(cfg.embedder, cache=cache) if "hard" in cfg.alternative_kinds else None
             scorer = load_scorer(cfg.scorer, batch_tokens=cfg.batch_tokens) if engine == "local" else None
-            outs[engine] = run_score(src, tmp_path / engine, cfg, scorer=scorer, cache=cache, embedder=emb)
+            outs[engine] = run_score(src, tmp_path / engine, cfg, scorer=scorer, cache=cache, embedder=emb,
+                                     executor=score_executor(cfg))  # the composition root picks the executor
     local, remote = outs["local"], outs["ray"]
     assert remote["engine"] == {"engine": "ray", "workers": 2, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0,
                                 "chunks": 9}
@@ -129,7 +131,7 @@ def test_ray_generator_gives_the_local_generators_answers(tiny_dir, local_ray, o
     from pydantic import BaseModel, Field
 
     from ontask.engine.ray_generate import RayGenerator
-    from ontask.generation import ChatRequest, ChatResult, ChoiceRequest, load_generator
+    from ontask.models import ChatRequest, ChatResult, ChoiceRequest, load_generator
 
     class Note(BaseModel):
         title: str = Field(max_length=30)
@@ -163,7 +165,8 @@ def test_augment_on_ray_writes_what_the_local_engine_writes(tmp_path, tiny_dir, 
     from ontask.cache import ResultCache
     from ontask.testing.fake_server import FakeServer
     from ontask.testing.tcia_handler import tcia_chat_handler
-    from ontask.tcia.pipeline import Roles, Seed, run_augment
+    from ontask.api import build_roles
+    from ontask.tcia.pipeline import Seed, run_augment
     from ontask.tcia.sources import read_inputs
 
     emb, database = _embedder_and_db(tmp_path)
@@ -173,7 +176,7 @@ def test_augment_on_ray_writes_what_the_local_engine_writes(tmp_path, tiny_dir, 
             cfg = _config(server.base_url, judge=f"hf:{tiny_dir}", responders=["openai:tiny", f"hf:{tiny_dir}"],
                           max_states=60, samples=12, min_validity=1.0, min_consistency=1.0, min_choice_mass=0.001,
                           engine=engine, workers=2)
-            roles = Roles(cfg, ResultCache(tmp_path / f"{engine}.sqlite"))
+            roles = build_roles(cfg, ResultCache(tmp_path / f"{engine}.sqlite"))  # Ray actors for engine=ray
             runs[engine] = run_augment([Seed(SEED)], read_inputs(DATA / "demo_inputs.jsonl"), cfg, tmp_path / engine,
                                        db=database, embedder=emb, roles=roles)
     assert runs["ray"]["models"]["judge"]["engine"] == "ray"

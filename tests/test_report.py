@@ -82,7 +82,7 @@ def shot_path(tmp_path: Path, name: str) -> Path:
 # -- a real chain: augment (fake server) -> score (tiny model) -> select ------------------------
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, tiny_dir):
-    from ontask.backends.hf import load_hf_scorer
+    from ontask.models.hf.scorer import load_hf_scorer
 
     root = tmp_path_factory.mktemp("chain") / "run"
     cache = ResultCache(root.parent / "cache.sqlite")
@@ -96,7 +96,7 @@ def chain(tmp_path_factory, tiny_dir):
         run_augment([Seed(SEED)], read_inputs(DATA / "demo_inputs.jsonl"), cfg, root / "augment", db=db,
                     embedder=embedder, roles=Roles(cfg, cache))
     run_score(root / "augment" / "data.jsonl", root / "scored" / "data.jsonl",
-              ScoreConfig(metrics=["ppl", "ifd", "tss", "tss++"], k=2, scorer=str(tiny_dir)),
+              ScoreConfig(metrics=["ppl", "ifd", "tss", "tss++"], k=2, scorer=f"hf:{tiny_dir}"),
               scorer=load_hf_scorer(tiny_dir), cache=cache, embedder=embedder)
     run_select(root / "scored" / "data.jsonl", root / "selected" / "data.jsonl", SelectConfig(by="tss++", retain=0.5))
     summary = build_report(root, root / "report.html")

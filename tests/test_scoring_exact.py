@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from ontask.backends.base import PassRequest, PassResult, build_user_turn
-from ontask.backends.hf import HFScorer
+from ontask.models.base import PassRequest, PassResult, build_user_turn
+from ontask.models.hf.scorer import HFScorer
 from ontask.scoring import ScoreConfig, run_score
 from ontask.scoring import scores as S
 from ontask.scoring.alternatives import InstructionPool, random_alternatives
@@ -39,7 +39,7 @@ def hand_logprob(scorer: HFScorer, req: PassRequest) -> tuple[float, int]:
 
 @pytest.mark.parametrize("batch_tokens,share_prefix", [(64, False), (4096, False), (4096, True)])
 def test_pass_logprobs_match_hand_computation(tiny_dir, tiny_scorer, batch_tokens, share_prefix, monkeypatch):
-    import ontask.backends.hf as hf
+    import ontask.models.hf.scorer as hf
 
     monkeypatch.setattr(hf, "MIN_SHARED_PREFIX", 2)  # exercise the shared-prefix path on short prompts
     scorer = HFScorer(tiny_scorer.model, tiny_scorer.tokenizer, name="t", identity={}, batch_tokens=batch_tokens, share_prefix=share_prefix)

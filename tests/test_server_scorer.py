@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from ontask.backends import load_scorer
-from ontask.backends.base import PassError, PassRequest, PassResult, build_user_turn
-from ontask.backends.hf import load_hf_scorer
-from ontask.backends.openai_server import ServerScorer, load_server_scorer
+from ontask.models import load_scorer
+from ontask.models.base import PassError, PassRequest, PassResult, build_user_turn
+from ontask.models.hf.scorer import load_hf_scorer
+from ontask.models.openai.scorer import ServerScorer, load_server_scorer
 from ontask.testing.fake_server import FakeServer
 from ontask.testing.tiny import CHAT_TEMPLATE, make_tiny_model
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pydantic import BaseModel, Field
 
-from ontask.generation import CachedGenerator, ChatRequest, ChatResult, ChoiceRequest, ChoiceResult, GenError, Usage
-from ontask.generation.structured import StructuredError, parse_structured
+from ontask.models import CachedGenerator, ChatRequest, ChatResult, ChoiceRequest, ChoiceResult, GenError, Usage
+from ontask.models.structured import StructuredError, parse_structured
 from ontask.tcia.compose import clean_instruction, missing_constraints
 from ontask.tcia.judges import run_judge
 from ontask.tcia.metrics import distance_sample, diversity, per_hop, ratio_per_hop, triu_pair

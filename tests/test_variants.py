@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ontask.backends.base import PassRequest, PassResult, build_user_turn
+from ontask.models.base import PassRequest, PassResult, build_user_turn
 from ontask.cache import ResultCache
 from ontask.embed import load_embedder
-from ontask.generation import CachedGenerator, load_generator
+from ontask.models import CachedGenerator, load_generator
 from ontask.records import Example, Location
 from ontask.scoring import ScoreConfig, run_score
 from ontask.scoring.plan import plan_row, row_scores

@@ -20,9 +20,9 @@ import pytest
 import torch
 from pydantic import BaseModel, Field
 
-from ontask.backends import load_scorer
-from ontask.backends.base import PassError, PassRequest, PassResult, Scorer
-from ontask.backends.vllm import (
+from ontask.models import load_scorer
+from ontask.models.base import PassError, PassRequest, PassResult, Scorer
+from ontask.models.vllm.scorer import (
     INSTALL_HINT,
     VLLMScorer,
     VLLMUnavailable,
@@ -30,9 +30,9 @@ from ontask.backends.vllm import (
     scoring_sampling_kwargs,
     vllm_problem,
 )
-from ontask.generation import load_generator
-from ontask.generation.base import ChatRequest, ChatResult, ChoiceRequest, ChoiceResult, GenError, Usage
-from ontask.generation.vllm import (
+from ontask.models import load_generator
+from ontask.models.base import ChatRequest, ChatResult, ChoiceRequest, ChoiceResult, GenError, Usage
+from ontask.models.vllm.generator import (
     TOP_LOGPROBS,
     chat_outcome,
     chat_sampling_kwargs,
@@ -243,7 +243,7 @@ def test_missing_vllm_is_a_clear_error():
 
 
 def test_importing_ontask_never_imports_vllm():
-    code = ("import sys, ontask, ontask.backends, ontask.generation, ontask.backends.vllm, ontask.generation.vllm; "
+    code = ("import sys, ontask, ontask.models, ontask.models, ontask.models.vllm.scorer, ontask.models.vllm.generator; "
             "sys.exit(1 if 'vllm' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
@@ -271,7 +271,7 @@ ENGINE_OPTIONS = {"gpu_memory_utilization": 0.5}
 
 @gpu_only
 def test_vllm_scorer_matches_transformers(vllm_model):
-    from ontask.backends.hf import load_hf_scorer
+    from ontask.models.hf.scorer import load_hf_scorer
 
     path, dtype = vllm_model
     scorer = load_scorer(f"vllm:{path}", dtype=dtype, **ENGINE_OPTIONS)

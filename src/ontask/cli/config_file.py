@@ -20,5 +20,27 @@ def merged(config_file: Path | None, section: str, flags: dict[str, Any]) -> dic
             raise ValueError(f"{config_file}: expected a mapping of settings")
         data = dict(loaded.get(section, loaded)) if isinstance(loaded.get(section), dict) else dict(loaded)
         data = {k.replace("-", "_"): v for k, v in data.items()}
-    data.update({k: v for k, v in flags.items() if v is not None})
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key == "models" and isinstance(data.get("models"), dict):  # per-role options merge role by role
+            value = {role: {**(data["models"].get(role) or {}), **(value.get(role) or {})}
+                     for role in {**data["models"], **value}}
+        data[key] = value
     return data
+
+
+def settings_error(err: Exception) -> str:
+    """A settings error in words: `field: message` per problem, not pydantic's dump."""
+    from pydantic import ValidationError
+
+    if not isinstance(err, ValidationError):
+        return str(err)
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)

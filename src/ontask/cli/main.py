@@ -15,11 +15,12 @@ from rich.console import Console
 from rich.table import Table
 
 from ..records import InputError
-from .config_file import merged
+from ..models.spec import apply_model_options
+from .config_file import merged, settings_error
 from .progress import row_progress
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Task-specific instruction-tuning data: augment, score, select.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # errors are never hard-wrapped mid-word (logs, narrow terminals)
 ConfigOpt = typer.Option(None, "--config", help="YAML file of settings; flags override it.", exists=True, dir_okay=False)
 
 
@@ -29,13 +30,15 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _quiet_libraries() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
+    from ..api import quiet_libraries
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_libraries()
+
+
+ModelOpt = typer.Option(None, "--model", help="The model of every role not given its own flag (e.g. openai:qwen).")
+ModelOptionOpt = typer.Option(None, "--model-option", help="ROLE.OPTION=VALUE (or OPTION=VALUE for every role), repeatable: "
+                              "base_url, api_key_env, template, mode, concurrency, timeout, max_retries, structured, "
+                              "device, dtype, batch_tokens, batch_size, max_length.")
 
 
 def _count_rows(path: Path, columns) -> int | None:
@@ -60,7 +63,9 @@ def score(
     aggregator: Optional[str] = typer.Option(None, help="logmeanexp | mean | max."),
     lam: Optional[float] = typer.Option(None, "--lambda", help="TSS++ quality weight (default: 0.1)."),
     quality: Optional[str] = typer.Option(None, help="TSS++ quality term: lp | 1-ifd."),
-    scorer: Optional[str] = typer.Option(None, help="embedded | hf:PATH | openai:MODEL."),
+    scorer: Optional[str] = typer.Option(None, help="embedded | hf:PATH | openai:MODEL | vllm:PATH."),
+    model: Optional[str] = ModelOpt,
+    model_option: Optional[list[str]] = ModelOptionOpt,
     base_url: Optional[str] = typer.Option(None, help="Server URL for openai: scorers."),
     embedder: Optional[str] = typer.Option(None, help="Sentence embedder for hard alternatives."),
     columns: Optional[str] = typer.Option(None, help="instruction=COL,input=COL,output=COL for other layouts."),
@@ -90,40 +95,24 @@ def score(
             aggregator=aggregator, lam=lam, quality=quality, scorer=scorer, base_url=base_url,
             embedder=embedder, columns=parse_columns(columns) if columns else None, seed=seed,
             batch_tokens=batch_tokens, decomposer=decomposer, composer=composer, verifier=verifier, db=db, check=check,
-            engine=engine, ray_address=ray_address, workers=workers,
+            engine=engine, ray_address=ray_address, workers=workers, model=model,
         )
+        apply_model_options(flags, model_option, ScoreConfig.scoring_roles + ScoreConfig.chat_roles)
         cfg = ScoreConfig(**merged(config, "score", flags))
     except (ValueError, ValidationError) as err:
-        _fail(str(err))
+        _fail(settings_error(err))
     if not input.exists():
         _fail(f"{input}: no such file or folder")
     _run_score(input, output, cfg, cache)
 
 
 def _run_score(input: Path, output: Path, cfg, cache_path: Path | None) -> dict:
-    from ..backends import load_scorer
-    from ..cache import ResultCache
-    from ..scoring import run_score
+    from .. import api
 
-    _quiet_libraries()
     try:
         total = _count_rows(input, cfg.columns)
-        scorer = None  # on Ray, each actor loads its own
-        if cfg.engine == "local":
-            with console.status(f"loading scorer {cfg.scorer}"):
-                scorer = load_scorer(cfg.scorer, batch_tokens=cfg.batch_tokens, share_prefix=cfg.share_prefix,
-                                     base_url=cfg.base_url)
-        cache = ResultCache(cache_path)
-        emb = None
-        if "hard" in cfg.alternative_kinds or ("variants" in cfg.alternative_kinds and cfg.db):
-            from ..embed import load_embedder
-
-            with console.status(f"loading embedder {cfg.embedder}"):
-                emb = load_embedder(cfg.embedder, cache=cache)
-        maker = _variant_maker(cfg, cache, emb) if "variants" in cfg.alternative_kinds else None
         with row_progress(console, total, "score") as update:
-            manifest = run_score(input, output, cfg, scorer=scorer, cache=cache, embedder=emb, variants=maker,
-                                 progress=update)
+            manifest = api.score(input, output, cfg, cache_path=cache_path, progress=update, status=console.status)
     except KeyboardInterrupt:
         _fail("interrupted; run the same command again to resume (finished passes are cached)", 130)
     except (InputError, ValueError, FileNotFoundError, RuntimeError) as err:
@@ -138,36 +127,6 @@ def _run_score(input: Path, output: Path, cfg, cache_path: Path | None) -> dict:
     if c["rows_failed"]:
         console.print(f"[yellow]failures with reasons:[/] {manifest['failed']}")
     return manifest
-
-
-def _variant_maker(cfg, cache, embedder):
-    """Models for `variants`, loaded once per distinct model string, every call through the cache."""
-    from ..generation import CachedGenerator, load_generator
-    from ..tcia.database import ConstraintDB
-    from ..tcia.variants import VariantMaker
-
-    loaded: dict[str, CachedGenerator] = {}
-
-    class _Lazy:
-        """Loads the model on first use: rows that carry their decomposition, with constraints
-        quoted verbatim, need no model at all."""
-
-        def __init__(self, spec: str) -> None:
-            self.name = spec
-
-        def __getattr__(self, attr: str):
-            if self.name not in loaded:
-                with console.status(f"loading {self.name}"):
-                    loaded[self.name] = CachedGenerator(load_generator(self.name, base_url=cfg.base_url), cache)
-            return getattr(loaded[self.name], attr)
-
-    def gen(spec: str):
-        return _Lazy(spec)
-
-    db = ConstraintDB.load(cfg.db, expect_embedder=embedder.name) if cfg.db else None
-    return VariantMaker(decomposer=gen(cfg.decomposer), composer=gen(cfg.composer), verifier=gen(cfg.verifier),
-                        db=db, embedder=embedder, near_duplicate=cfg.near_duplicate,
-                        max_refinements=cfg.variant_refinements, max_tokens=cfg.compose_max_tokens)
 
 
 @app.command(epilog="Examples:\n\n  ontask select scored.jsonl -o top.jsonl --by tss --retain 0.05\n\n  ontask select scored.jsonl -o top.jsonl --by tss++ --max-tokens 2000000 --ifd-max 1 --diversity 0.9")
@@ -191,19 +150,17 @@ def select(
             by=by, retain=retain, max_tokens=max_tokens, ifd_max=ifd_max,
             ppl_min_pct=ppl_min_pct, ppl_max_pct=ppl_max_pct, diversity=diversity)))
     except (ValueError, ValidationError) as err:
-        _fail(str(err))
+        _fail(settings_error(err))
     if not input.exists():
         _fail(f"{input}: no such file or folder")
     _run_select(input, output, cfg)
 
 
 def _run_select(input: Path, output: Path, cfg) -> dict:
-    from ..selection import run_select
+    from .. import api
 
-    if cfg.diversity:
-        _quiet_libraries()
     try:
-        manifest = run_select(input, output, cfg)
+        manifest = api.select(input, output, cfg)
     except (InputError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
     c = manifest["counts"]

@@ -12,7 +12,7 @@ from rich.console import Console
 from ..records import InputError
 from .config_file import merged
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # errors are never hard-wrapped mid-word
 
 EPILOG = ("Examples:\n\n  ontask report ontask-demo/ -o report.html\n\n"
           "  ontask report run/ -o run/report.html --rows-per-group 100\n\n"

@@ -6,7 +6,6 @@ call goes through the result cache, so rerunning an interrupted command resumes 
 
 from __future__ import annotations
 
-import contextlib
 
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +17,8 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from ..records import InputError
-from .config_file import merged
+from ..models.spec import apply_model_options
+from .config_file import merged, settings_error
 from .progress import stage_progress
 
 db_app = typer.Typer(no_args_is_help=True, help="The constraint database TCIA draws edits from.")
@@ -44,60 +44,26 @@ def _reported() -> Iterator[None]:
         _main()._fail(str(err))
 
 
-def _open_cache(path: Path | None):
-    from ..cache import ResultCache
+def _role_spec(role: str, value: str | None, model: str | None, base_url: str | None, options: list[str] | None):
+    """The spec of a command's one model role from its flags (role flag > --model > embedded;
+    --model-option ROLE.OPTION=VALUE; --base-url where the provider takes one), checked now."""
+    from ..models.registry import check_spec
+    from ..models.spec import parse_option_assignments, parse_spec, provider_options
 
-    return ResultCache(path)
-
-
-def _load(spec: str, base_url: str | None, concurrency: int = 64):
-    from ..generation import load_generator
-
-    m = _main()
-    with m.console.status(f"loading model {spec}"):
-        return load_generator(spec, base_url=base_url, concurrency=concurrency)
-
-
-def _decompose_to(input: Path, output: Path, decomposer: str | None, base_url: str | None, field: str | None,
-                  cache_path: Path | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Decompose `input` into `output` (JSONL) + `<stem>.failed.jsonl` beside it.
-
-    Returns every task found (task_type, base_query, constraints) and the counts; the rows
-    themselves stream through to `output` one chunk at a time."""
-    from ..generation import CachedGenerator
-    from ..io.writers import AtomicWriter
-    from ..tcia.corpus import iter_decomposed
-
-    m = _main()
-    m._quiet_libraries()
-    cache = _open_cache(cache_path)
-    loaded: list[CachedGenerator] = []  # the decomposer, loaded when a row first needs it
-
-    def model() -> CachedGenerator:
-        if not loaded:
-            loaded.append(CachedGenerator(_load(decomposer or "embedded", base_url), cache))
-        return loaded[0]
-
-    tasks: list[dict[str, Any]] = []
-    n_rows = n_failed = 0
-    with stage_progress(m.console) as stage, AtomicWriter(output) as w, AtomicWriter(failed_path(output)) as fw:
-        tick = stage("decompose", None)
-        for chunk in iter_decomposed(input, model, field=field, tick=tick):
-            ok = [{**d.record, "_line": d.line, **d.result} for d in chunk if d.result is not None]
-            bad = [{"file": d.file, "line": d.line, "stage": "decompose", "reason": d.failure} for d in chunk if d.failure]
-            w.write(ok)
-            fw.write(bad)
-            tasks += [t for d in chunk if d.result for t in d.result["tasks"]]
-            n_rows += len(chunk)
-            n_failed += len(bad)
-    counts = {"rows": n_rows, "decomposed": n_rows - n_failed, "failed": n_failed,
-              "calls": loaded[0].stats.to_json() if loaded else None}
-    return tasks, counts
+    parsed = parse_option_assignments(options)
+    others = sorted(set(parsed) - {"*", role})
+    if others:
+        raise ValueError(f"--model-option: this command has one model role, {role} (not {', '.join(others)})")
+    spec = parse_spec({"spec": value or model or "embedded", **parsed.get("*", {}), **parsed.get(role, {})}, where=role)
+    if base_url and "base_url" in provider_options(spec):
+        spec = spec.with_defaults(base_url=base_url)
+    return check_spec(spec, where=role)
 
 
 def failed_path(output: Path) -> Path:
-    """Where the failures of `decompose -o OUT` go: OUT's stem + .failed.jsonl, beside it."""
-    return output.with_name(output.stem + ".failed.jsonl")
+    from ..api import failed_path as path
+
+    return path(output)
 
 
 def register(app: typer.Typer) -> None:
@@ -116,13 +82,20 @@ def decompose_cmd(
     base_url: Optional[str] = typer.Option(None, help="Server URL for openai: models."),
     field: Optional[str] = typer.Option(None, help="Field holding the instruction."),
     cache: Optional[Path] = typer.Option(None, help="Result cache file."),
+    model: Optional[str] = typer.Option(None, "--model", help="Same as --decomposer (this command has one role)."),
+    model_option: Optional[list[str]] = typer.Option(None, "--model-option", help="[decomposer.]OPTION=VALUE, repeatable."),
 ) -> None:
     """Instruction -> task type, base query and constraints (one structured call per row)."""
+    from .. import api
+
     m = _main()
+    with _reported():
+        spec = _role_spec("decomposer", decomposer, model, base_url, model_option)
     if not input.exists():
         m._fail(f"{input}: no such file or folder")
-    with _reported():
-        _, counts = _decompose_to(input, output, decomposer, base_url, field, cache)
+    with _reported(), stage_progress(m.console) as stage:
+        _, counts = api.decompose(input, output, spec, field=field, cache_path=cache, tick=stage("decompose", None),
+                                  status=m.console.status)
     m.console.print(f"decomposed {counts['decomposed']} of {counts['rows']} rows, {counts['failed']} failed\n"
                     f"output: {output}\nfailures: {failed_path(output)}")
 
@@ -137,41 +110,34 @@ def db_build(
     eps: float = typer.Option(0.15, help="DBSCAN eps (cosine distance) for clustering task types."),
     min_samples: int = typer.Option(1, help="DBSCAN min_samples."),
     cache: Optional[Path] = typer.Option(None, help="Result cache file."),
+    model: Optional[str] = typer.Option(None, "--model", help="Same as --decomposer (this command has one model role)."),
+    model_option: Optional[list[str]] = typer.Option(None, "--model-option", help="[decomposer.]OPTION=VALUE, repeatable."),
 ) -> None:
     """Build the constraint database: decompose, embed, cluster task types, index constraints."""
     m = _main()
+    with _reported():
+        spec = _role_spec("decomposer", decomposer, model, base_url, model_option)
     if not input.exists():
         m._fail(f"{input}: no such file or folder")
     with _reported():
-        db_build_from(input, output, cache, decomposer, base_url, embedder, eps, min_samples)
+        db_build_from(input, output, cache, spec, None, embedder, eps, min_samples)
 
 
-def db_build_from(input: Path, output: Path, cache: Path | None, decomposer: str | None = None,
+def db_build_from(input: Path, output: Path, cache: Path | None, decomposer: Any = None,
                   base_url: str | None = None, embedder: str = "embedded", eps: float = 0.15, min_samples: int = 1):
     """Build and save a database (used by `db build` and the demo); returns it."""
-    from ..embed import load_embedder
-    from ..tcia.database import build_database
+    from .. import api
 
     m = _main()
-    records, failed = _records_for_db(input, output, decomposer, base_url, cache)
-    m._quiet_libraries()
-    emb = load_embedder(embedder, cache=_open_cache(cache))
-    with m.console.status(f"embedding and clustering {len(records)} records"):
-        db = build_database(records, emb, eps=eps, min_samples=min_samples)
-    db.save(output)
+    spec = decomposer if decomposer is None or not isinstance(decomposer, str) else _role_spec("decomposer", decomposer, None, base_url, None)
+    with stage_progress(m.console) as stage:
+        db, failed = api.build_db(input, output, decomposer=spec, embedder=embedder, eps=eps, min_samples=min_samples,
+                                  cache_path=cache, tick=stage("decompose", None), status=m.console.status)
     d = db.describe()
     m.console.print(f"database: {output}  " + ", ".join(f"{k}={d[k]}" for k in d if isinstance(d[k], (int, float, str))))
     if failed:
         m.console.print(f"[yellow]{failed} rows could not be decomposed:[/] {failed_path(output / 'decomposed.jsonl')}")
     return db
-
-
-def _records_for_db(input: Path, output: Path, decomposer, base_url, cache) -> tuple[list[dict[str, Any]], int]:
-    """Every (task type, base query, constraints) of the corpus, one record per task."""
-    records, counts = _decompose_to(input, output / "decomposed.jsonl", decomposer, base_url, None, cache)
-    if not records:
-        raise ValueError(f"{input}: no row could be decomposed (see {failed_path(output / 'decomposed.jsonl')})")
-    return records, counts["failed"]
 
 
 def augment_cmd(
@@ -189,6 +155,9 @@ def augment_cmd(
     decomposer: Optional[str] = typer.Option(None), composer: Optional[str] = typer.Option(None),
     verifier: Optional[str] = typer.Option(None), judge: Optional[str] = typer.Option(None),
     responders: Optional[str] = typer.Option(None, help="Comma list of models."),
+    model: Optional[str] = typer.Option(None, "--model", help="The model of every role not given its own flag."),
+    model_option: Optional[list[str]] = typer.Option(None, "--model-option", help="ROLE.OPTION=VALUE (or OPTION=VALUE for "
+                                                     "every role), repeatable, e.g. judge.base_url=http://host:8000/v1."),
     embedder: Optional[str] = typer.Option(None),
     base_url: Optional[str] = typer.Option(None, help="Server URL for openai: models."),
     concurrency: Optional[int] = typer.Option(None, help="The most in-flight requests per server model (default 64)."),
@@ -213,19 +182,20 @@ def augment_cmd(
 
     m = _main()
     try:
-        cfg = AugmentConfig(**merged(config, "augment", dict(
+        cfg = AugmentConfig(**_augment_settings(config, dict(
             hops=hops, per_op=per_op, max_states=max_states, samples=samples,
             inputs_per_instruction=inputs_per_instruction, decomposer=decomposer, composer=composer,
             verifier=verifier, judge=judge, responders=responders, embedder=embedder, base_url=base_url,
             concurrency=concurrency, judge_mode=judge_mode, min_validity=min_validity,
             min_consistency=min_consistency, min_response_score=min_response_score, seed=rng_seed, db=db, check=check,
-            engine=engine, ray_address=ray_address, workers=workers)))
+            engine=engine, ray_address=ray_address, workers=workers, model=model),
+            model_option=model_option))
         rate = {k: v for k, v in dict(adaptive=adaptive, tokens_per_minute=tokens_per_minute,
                                       requests_per_minute=requests_per_minute).items() if v is not None}
         if rate:
             cfg = AugmentConfig(**{**cfg.model_dump(), "rate": {**cfg.rate.model_dump(), **rate}})
     except (ValueError, ValidationError) as err:
-        m._fail(str(err))
+        m._fail(settings_error(err))
     if (seed_text is None) == (seeds is None):
         m._fail("give exactly one of --seed TEXT or --seeds FILE")
     if inputs is None:
@@ -238,31 +208,26 @@ def augment_cmd(
         m._fail("no row was kept: see the funnel above and the reasons in instructions.jsonl / failed.jsonl", 1)
 
 
+def _augment_settings(config: Path | None, flags: dict[str, Any], model_option: list[str] | None) -> dict[str, Any]:
+    from ..tcia.config import AugmentConfig
+
+    apply_model_options(flags, model_option, AugmentConfig.chat_roles)
+    return merged(config, "augment", flags)
+
+
 def run_augment_cli(cfg, output: Path, *, seed_text: str | None, seeds_file: Path | None, inputs_file: Path,
                     input_field: str | None, cache_path: Path | None, db_obj: Any = None) -> dict[str, Any]:
-    from ..embed import load_embedder
-    from ..tcia.database import ConstraintDB
-    from ..tcia.pipeline import Roles, Seed, run_augment
+    from .. import api
+    from ..tcia.pipeline import Seed
     from ..tcia.sources import read_inputs, read_seeds
 
     m = _main()
-    m._quiet_libraries()
     with _reported():
         seeds = [Seed(seed_text, source="--seed")] if seed_text else read_seeds(seeds_file)
         pool = read_inputs(inputs_file, input_field)
-        cache = _open_cache(cache_path)
-        with m.console.status(f"loading embedder {cfg.embedder}"):
-            emb = load_embedder(cfg.embedder, cache=cache)
-        db = db_obj or ConstraintDB.load(cfg.db, expect_embedder=emb.name)
-        with contextlib.ExitStack() as stack:
-            if cfg.engine == "ray":  # local models in Ray actor pools; a local Ray lives as long as the run
-                from ..engine.ray_runtime import ray_session
-
-                stack.enter_context(ray_session(cfg.ray_address))
-            with m.console.status("loading models " + ", ".join(sorted(set(cfg.roles().values())))):
-                roles = Roles(cfg, cache)
-            with stage_progress(m.console) as stage:
-                manifest = run_augment(seeds, pool, cfg, output, db=db, embedder=emb, roles=roles, progress=stage)
+        with stage_progress(m.console) as stage:
+            manifest = api.augment(cfg, output, seeds=seeds, inputs=pool, cache_path=cache_path, db=db_obj,
+                                   progress=stage, status=m.console.status)
     _print_funnel(manifest)
     return manifest
 
@@ -298,19 +263,24 @@ def eval_decompose(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the metrics (and per-row results) as JSON."),
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first N rows."),
     cache: Optional[Path] = typer.Option(None, help="Result cache file."),
+    model: Optional[str] = typer.Option(None, "--model", help="Same as --decomposer."),
+    model_option: Optional[list[str]] = typer.Option(None, "--model-option", help="[decomposer.]OPTION=VALUE, repeatable."),
 ) -> None:
     """Score a decomposer against gold decompositions: constraint count accuracy, base-query similarity."""
+    from .. import api
     from ..embed import load_embedder
-    from ..generation import CachedGenerator
     from ..tcia.corpus import evaluate, iter_decomposed
 
     m = _main()
+    with _reported():
+        spec = _role_spec("decomposer", decomposer, model, base_url, model_option)
     if not input.exists():
         m._fail(f"{input}: no such file or folder")
     m._quiet_libraries()
     with _reported():
-        c = _open_cache(cache)
-        gen = CachedGenerator(_load(decomposer or "embedded", base_url), c)
+        c = api.open_cache(cache)
+        with m.console.status(f"loading model {spec}"):
+            gen = api.cached_generator(spec, c)
         rows = []
         field = "prompt" if _has_field(input, "prompt") else None
         size = min(64, limit) if limit else 64  # small chunks: --limit stops after the chunk that reaches it
@@ -325,7 +295,7 @@ def eval_decompose(
         metrics = evaluate(rows, emb.embed, gold_count=_gold_count, gold_base=lambda r: r.get("base_query"))
     metrics["model"] = gen.describe()
     metrics["calls"] = gen.stats.to_json()
-    table = Table(title=f"decomposer {decomposer or 'embedded'} on {input.name}")
+    table = Table(title=f"decomposer {spec} on {input.name}")
     table.add_column("metric"); table.add_column("value")
     for k, v in metrics.items():
         if isinstance(v, (int, float)) or v is None:

@@ -14,12 +14,12 @@ commits each batch as it lands: a killed run loses only the batches in flight.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import ray
 from ray.util import ActorPool
 
-from ..generation.base import ChatOutcome, ChatRequest, ChoiceOutcome, ChoiceRequest, OnChat, OnChoice
+from ..models.base import ChatOutcome, ChatRequest, ChoiceOutcome, ChoiceRequest, OnChat, OnChoice
 
 
 @ray.remote
@@ -29,7 +29,7 @@ class GeneratorActor:
     def __init__(self, spec: str, options: dict[str, Any], threads: int) -> None:
         import torch
 
-        from ..generation import load_generator
+        from ..models import load_generator
 
         self.gen = load_generator(spec, **options)
         torch.set_num_threads(threads)
@@ -53,7 +53,7 @@ class RayGenerator:
     """A Generator over a pool of `GeneratorActor`s (`workers` copies of model `spec`)."""
 
     def __init__(self, spec: str, options: dict[str, Any], *, workers: int, cpus: float, gpus: float) -> None:
-        self.name = spec
+        self.name = str(spec)
         self.actors = [GeneratorActor.options(num_cpus=cpus, num_gpus=gpus or None).remote(spec, options, max(1, int(cpus)))
                        for _ in range(workers)]
         self._described = ray.get(self.actors[0].describe.remote())
@@ -94,3 +94,23 @@ class RayGenerator:
     def close(self) -> None:
         for actor in self.actors:
             ray.kill(actor)
+
+
+def ray_loader(cfg: Any, local: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """The `--engine ray` model loader for `tcia.pipeline.Roles` (chosen by `ontask.api`):
+    local models (embedded, hf:, vllm:) in Ray actor pools; server models stay in the driver
+    (`local`), being I/O-bound. By default the cluster is shared evenly between the distinct
+    local models."""
+    from .ray_runtime import pool_size
+
+    specs = {s for s in cfg.roles().values() if s.provider != "openai"}
+    size = pool_size(ray, cfg.workers, cfg.worker_cpus, cfg.worker_gpus)
+    workers = cfg.workers or max(1, size.workers // max(1, len(specs)))
+
+    def load(spec: Any) -> Any:
+        if spec.provider == "openai":
+            return local(spec)
+        return RayGenerator(spec, {"repetition_penalty": cfg.local_repetition_penalty},
+                            workers=workers, cpus=size.cpus, gpus=size.gpus)
+
+    return load

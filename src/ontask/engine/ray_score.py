@@ -63,10 +63,10 @@ def score_on_ray(job: Any, path: Path, run: RunPaths, progress: Any) -> tuple[An
         concurrency=size.workers, num_cpus=size.cpus, num_gpus=size.gpus or None,
     )
     scorer: dict[str, Any] | None = None
-    chunks = 0
+    n_chunks = 0
     with ChunkSink(run) as sink:
         for out in ds.iter_rows():
-            chunks += 1
+            n_chunks += 1
             result, counts, tokens, described = pickle.loads(out["result"])
             sink.add(result)
             for name, n in counts.items():
@@ -76,7 +76,7 @@ def score_on_ray(job: Any, path: Path, run: RunPaths, progress: Any) -> tuple[An
             if progress:
                 progress(int(out["rows"]), job.tokens_computed)
     # chunks < workers means idle actors: lower chunk_rows for small inputs
-    return sink.tss_stats, sink.q_stats, {"engine": "ray", **size.to_json(), "chunks": chunks, "scorer": scorer}
+    return sink.tss_stats, sink.q_stats, {"engine": "ray", **size.to_json(), "chunks": n_chunks, "scorer": scorer}
 
 
 class ExamplesSource(ray.data.Datasource):
@@ -102,9 +102,9 @@ def _read_blocks(path: str, columns: dict[str, str] | None, chunk_rows: int) -> 
     import pyarrow as pa
 
     from ..io import read_examples
-    from ..scoring.pipeline import _chunks
+    from ..scoring.pipeline import chunks
 
-    for n, chunk in enumerate(_chunks(read_examples(path, columns), chunk_rows)):
+    for n, chunk in enumerate(chunks(read_examples(path, columns), chunk_rows)):
         yield pa.table({_CHUNK: [n], _ITEMS: [pickle.dumps(chunk)]})
 
 
@@ -114,7 +114,7 @@ class ChunkScorer:
     def __init__(self, cfg: dict[str, Any], context: list[Any], cache_path: str, threads: int) -> None:
         import torch
 
-        from ..backends import load_scorer
+        from ..models import load_scorer
         from ..cache import ResultCache
         from ..scoring.config import ScoreConfig
         from ..scoring.pipeline import Scoring
@@ -142,3 +142,17 @@ class ChunkScorer:
             out["result"].append(pickle.dumps((result, counts, self.job.tokens_computed - tokens, self.described)))
         return out
 
+
+
+def ray_executor(address: str | None) -> Any:
+    """The `--engine ray` executor for `scoring.pipeline.run_score` (chosen by `ontask.api`):
+    a Ray session (local, or the cluster at `address`) for the length of phase 2."""
+
+    def execute(job: Any, path: Path, run: RunPaths, progress: Any) -> tuple[Any, Any, dict[str, Any]]:
+        from .ray_runtime import import_ray, ray_session
+
+        import_ray()
+        with ray_session(address):
+            return score_on_ray(job, path, run, progress)
+
+    return execute

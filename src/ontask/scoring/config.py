@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
+
+from ..models.spec import RoleModels
 
 Metric = Literal["ppl", "ifd", "ifd_ppl", "tss", "tss++"]
 ALL_METRICS: tuple[str, ...] = ("ppl", "ifd", "ifd_ppl", "tss", "tss++")
 
 
-class ScoreConfig(BaseModel):
+class ScoreConfig(RoleModels):
     """Everything that decides what `score` computes (and so what its cache keys cover)."""
 
     model_config = ConfigDict(extra="forbid")
+    chat_roles = ("decomposer", "composer", "verifier")
+    scoring_roles = ("scorer",)
 
     metrics: list[Metric] = Field(default_factory=lambda: ["ppl", "ifd", "tss", "tss++"])
     alternatives: Literal["random", "hard", "variants"] = "random"
@@ -23,7 +27,7 @@ class ScoreConfig(BaseModel):
     quality: Literal["lp", "1-ifd"] = "lp"
     near_duplicate: float = Field(0.95, gt=0, le=1, description="hard alternatives above this cosine are skipped")
     seed: int = 0
-    scorer: str = "embedded"
+    scorer: str | None = Field(None, description="default: the `model` setting, else embedded")
     embedder: str = "embedded"
     chunk_rows: int = Field(128, ge=1, description="rows per unit of work (and of resume)")
     batch_tokens: int = Field(2048, ge=64, description="padded tokens per forward batch")
@@ -31,9 +35,9 @@ class ScoreConfig(BaseModel):
     base_url: str | None = None
     columns: dict[str, str] | None = None
     # `variants` alternatives (TCIA's Remove/Replace of one constraint; tcia/variants.py)
-    decomposer: str = "embedded"
-    composer: str = "embedded"
-    verifier: str = "embedded"
+    decomposer: str | None = None
+    composer: str | None = None
+    verifier: str | None = None
     db: str | None = Field(None, description="constraint database for Replace variants (none: Remove only)")
     variant_refinements: int = Field(1, ge=0, le=4)
     compose_max_tokens: int = Field(256, ge=16)

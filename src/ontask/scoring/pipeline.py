@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..runs import RunPaths, versions
-from ..backends.base import PassOutcome, PassRequest, PassResult, Scorer
+from ..models.base import PassOutcome, PassRequest, PassResult, Scorer
 from ..cache import ResultCache
 from ..io import AtomicWriter, JsonlAppender, read_examples, write_json_atomic
 from ..records import Example, Failure
@@ -33,7 +33,7 @@ from .plan import RowFailed, RowPlan, pass_key, plan_row, row_scores
 Progress = Callable[[int, int], None]  # (rows done, tokens computed so far)
 
 
-def _chunks(items: Iterator[list[Example | Failure]], size: int) -> Iterator[list[tuple[int, Example | Failure]]]:
+def chunks(items: Iterator[list[Example | Failure]], size: int) -> Iterator[list[tuple[int, Example | Failure]]]:
     """Re-chunk the reader's output to `size` items, numbering every item in order."""
     seq, buf = 0, []
     for chunk in items:
@@ -215,7 +215,7 @@ class Scoring:
 
     def score_all(self, path: Path, run: RunPaths, progress: Progress | None) -> tuple[S.RunningStats, S.RunningStats]:
         with ChunkSink(run) as sink:
-            for chunk in _chunks(read_examples(path, self.cfg.columns), self.cfg.chunk_rows):
+            for chunk in chunks(read_examples(path, self.cfg.columns), self.cfg.chunk_rows):
                 sink.add(self.score_chunk(chunk))
                 if progress:
                     progress(len(chunk), self.tokens_computed)
@@ -225,7 +225,7 @@ class Scoring:
     def write_output(self, path: Path, run: RunPaths, tss_stats: S.RunningStats, q_stats: S.RunningStats) -> None:
         cfg = self.cfg
         with open(run.spool, encoding="utf-8") as spool, AtomicWriter(run.output) as writer:
-            for chunk in _chunks(read_examples(path, cfg.columns), 1024):
+            for chunk in chunks(read_examples(path, cfg.columns), 1024):
                 rows = []
                 for seq, item in chunk:
                     if isinstance(item, Failure):
@@ -254,6 +254,18 @@ def _variant_counts(sets: list[Any]) -> dict[str, int]:
             "variants_failed": sum(1 for v in variants if not v.text)}
 
 
+Executor = Callable[["Scoring", Path, RunPaths, "Progress | None"], tuple[Any, Any, dict[str, Any]]]
+
+
+def score_locally(job: "Scoring", path: Path, run: RunPaths, progress: "Progress | None") -> tuple[Any, Any, dict[str, Any]]:
+    """The local executor: every chunk in this process; returns the TSS++ running stats and
+    the engine's facts (with the scorer's identity under "scorer")."""
+    if job.scorer is None:
+        raise ValueError("the local engine needs a scorer")
+    tss_stats, q_stats = job.score_all(path, run, progress)
+    return tss_stats, q_stats, {"engine": "local", "scorer": job.scorer.describe()}
+
+
 def run_score(
     input_path: str | os.PathLike,
     output: str | os.PathLike,
@@ -264,11 +276,13 @@ def run_score(
     embedder: Any = None,
     variants: Any = None,
     progress: Progress | None = None,
+    executor: "Executor | None" = None,
 ) -> dict[str, Any]:
     """Score `input_path` into `output`; returns the manifest also written to run.json.
 
-    With `cfg.engine == "ray"` the passes run in Ray actors that load the scorer themselves
-    (`scorer` may then be None: the driver needs no model); the output is the same.
+    `executor` runs phase 2 (the passes) and is chosen by the caller (`ontask.api`): by
+    default `score_locally`; the Ray engine's runs them in actors that load the scorer
+    themselves (`scorer` may then be None: the driver needs no model); the output is the same.
 
     `variants` (a tcia.variants.VariantMaker) is needed for `--alternatives variants`;
     the variants of every distinct instruction are written to variants.jsonl beside the output.
@@ -284,20 +298,8 @@ def run_score(
             with AtomicWriter(run.dir / "variants.jsonl") as w:
                 w.write([{"instruction": text, **vs.to_json()} for text, vs in zip(job.pool.texts, job.variant_sets)])
         t2 = time.perf_counter()
-        if cfg.engine == "ray":
-            from ..engine.ray_runtime import import_ray, ray_session
-
-            import_ray()
-            from ..engine.ray_score import score_on_ray
-
-            with ray_session(cfg.ray_address):
-                tss_stats, q_stats, engine = score_on_ray(job, path, run, progress)
-            described = engine.pop("scorer") or (scorer.describe() if scorer is not None else {"name": cfg.scorer})
-        else:
-            if scorer is None:
-                raise ValueError("the local engine needs a scorer")
-            tss_stats, q_stats = job.score_all(path, run, progress)
-            engine, described = {"engine": "local"}, scorer.describe()
+        tss_stats, q_stats, engine = (executor or score_locally)(job, path, run, progress)
+        described = engine.pop("scorer", None) or (scorer.describe() if scorer is not None else {"name": cfg.scorer})
         t3 = time.perf_counter()
         job.write_output(path, run, tss_stats, q_stats)
         run.failed_partial.replace(run.failed)

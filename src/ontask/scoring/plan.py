@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..backends.base import PassError, PassOutcome, PassRequest, PassResult, build_user_turn
+from ..models.base import PassError, PassOutcome, PassRequest, PassResult, build_user_turn
 from ..cache import cache_key
 from ..records import Example
 from . import scores as S

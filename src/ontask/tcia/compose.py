@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..generation import ChatRequest, GenError, Generator
+from ..models import ChatRequest, GenError, Generator
 from .prompts import messages
 from .schemas import verification_for
 from .state import InstructionState

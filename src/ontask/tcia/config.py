@@ -9,23 +9,27 @@ floor on answer scores).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from ..generation.rate import RateControl
+from ..models.spec import ModelSpec, RoleModels
+
+from ..models.transport.rate import RateControl
 from .judges import JUDGE_MODES
 
 
-class AugmentConfig(BaseModel):
+class AugmentConfig(RoleModels):
     model_config = ConfigDict(extra="forbid")
+    chat_roles = ("decomposer", "composer", "verifier", "judge", "responders")
 
     # models, one per role (product.md "Models and roles")
-    decomposer: str = "embedded"
-    composer: str = "embedded"
-    verifier: str = "embedded"
-    judge: str = "embedded"
-    responders: list[str] = Field(default_factory=lambda: ["embedded"], min_length=1)
+    # (None: the `model` setting, else embedded; options per role under `models`)
+    decomposer: str | None = None
+    composer: str | None = None
+    verifier: str | None = None
+    judge: str | None = None
+    responders: list[str] = Field(default_factory=list)
     embedder: str = "embedded"
     base_url: str | None = None
     concurrency: int = Field(64, ge=1, description="the most in-flight requests per server model")
@@ -82,6 +86,9 @@ class AugmentConfig(BaseModel):
     def _split(cls, v):
         return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
 
-    def roles(self) -> dict[str, str]:
-        return {"decomposer": self.decomposer, "composer": self.composer, "verifier": self.verifier,
-                "judge": self.judge, **{f"responder_{i}": r for i, r in enumerate(self.responders)}}
+    def roles(self) -> dict[str, ModelSpec]:
+        """Every role's full model spec (responders as responder_0, responder_1, ...)."""
+        return {role: self.spec_for(role) for role in self.role_names()}
+
+    def role_defaults(self) -> dict[str, Any]:
+        return {"base_url": self.base_url, "concurrency": self.concurrency}

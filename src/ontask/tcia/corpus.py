@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..generation import GenError, Generator
+from ..models import GenError, Generator
 from ..io.formats import iter_records
 from ..records import Failure
 from .decompose import decompose

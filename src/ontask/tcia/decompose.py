@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..generation import ChatRequest, GenError, Generator
+from ..models import ChatRequest, GenError, Generator
 from .prompts import messages
 from .schemas import Decomposition, SeedDecomposition, TaskItem
 from .state import InstructionState

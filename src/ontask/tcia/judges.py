@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel
 
-from ..generation import ChatRequest, ChoiceRequest, GenError, Generator
+from ..models import ChatRequest, ChoiceRequest, GenError, Generator
 from .prompts import messages
 
 JUDGE_MODES = ("auto", "logprob", "text")

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 
-from ..backends.endpoint import public_url
+from ..models.transport.endpoint import public_url
 from ..cache import ResultCache
-from ..generation import CachedGenerator, GenError, Generator, load_generator
+from ..models import CachedGenerator, GenError, Generator, ModelSpec, load_generator
 from ..io.writers import AtomicWriter, write_json_atomic
 from ..runs import versions
 from .compose import compose_and_verify
@@ -81,14 +81,15 @@ class Item:
 
 
 class Roles:
-    """One loaded backend per distinct model string, one cached view (and stats) per role."""
+    """One loaded backend per distinct model spec, one cached view (and stats) per role.
 
-    def __init__(self, cfg: AugmentConfig, cache: ResultCache | None, loader: Callable[[str], Generator] | None = None) -> None:
-        load = loader or (lambda spec: load_generator(spec, base_url=cfg.base_url, concurrency=cfg.concurrency, rate=cfg.rate,
-                                                      repetition_penalty=cfg.local_repetition_penalty))
-        if cfg.engine == "ray" and loader is None:
-            load = _ray_loader(cfg, load)
-        backends: dict[str, Generator] = {}
+    `loader` builds a backend from a spec (default: in this process; `ontask.api` passes the
+    Ray engine's loader for `--engine ray`)."""
+
+    def __init__(self, cfg: AugmentConfig, cache: ResultCache | None, loader: Callable[[ModelSpec], Generator] | None = None) -> None:
+        # A spec carries its own options (base_url, concurrency, ...); the run adds its policies.
+        load = loader or (lambda spec: load_generator(spec, rate=cfg.rate, repetition_penalty=cfg.local_repetition_penalty))
+        backends: dict[ModelSpec, Generator] = {}  # one per distinct spec: two servers stay two
         self.by_role: dict[str, CachedGenerator] = {}
         for role, spec in cfg.roles().items():
             if spec not in backends:
@@ -106,27 +107,6 @@ class Roles:
             if state is not None:
                 out[role]["rate_state"] = state.to_json()
         return out
-
-
-def _ray_loader(cfg: AugmentConfig, local: Callable[[str], Generator]) -> Callable[[str], Generator]:
-    """Local models in Ray actor pools (engine/ray_generate.py); server models stay here.
-    By default the cluster is shared evenly between the distinct local models."""
-    import ray
-
-    from ..engine.ray_generate import RayGenerator
-    from ..engine.ray_runtime import pool_size
-
-    specs = {s for s in cfg.roles().values() if not s.startswith("openai:")}
-    size = pool_size(ray, cfg.workers, cfg.worker_cpus, cfg.worker_gpus)
-    workers = cfg.workers or max(1, size.workers // max(1, len(specs)))
-
-    def load(spec: str) -> Generator:
-        if spec.startswith("openai:"):
-            return local(spec)
-        return RayGenerator(spec, {"repetition_penalty": cfg.local_repetition_penalty},
-                            workers=workers, cpus=size.cpus, gpus=size.gpus)
-
-    return load
 
 
 def run_augment(seeds: Sequence[Seed], inputs: Sequence[str], cfg: AugmentConfig, out_dir: str | Path, *,

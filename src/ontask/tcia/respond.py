@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..backends.base import build_user_turn
-from ..generation import ChatOutcome, ChatRequest, GenError, Generator
+from ..models.base import build_user_turn
+from ..models import ChatOutcome, ChatRequest, GenError, Generator
 from .judges import Judged, JudgeSpec, run_judge
 from .schemas import ResponseJudgement
 

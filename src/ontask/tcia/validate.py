@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from ..generation import GenError, Generator
+from ..models import GenError, Generator
 from .judges import Judged, JudgeSpec, run_judge
 from .schemas import Validity
 

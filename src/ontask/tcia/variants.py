@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..generation import GenError, Generator
+from ..models import GenError, Generator
 from .compose import compose_and_verify
 from .decompose import decompose, states_of
 from .search import SearchDB, best_replacements

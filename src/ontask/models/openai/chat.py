@@ -39,8 +39,8 @@ from typing import Any, Awaitable, Callable, Literal, Sequence
 import aiohttp
 from pydantic import BaseModel
 
-from ..backends.endpoint import public_url, resolve_api_key, resolve_base_url, run_sync
-from .base import (
+from ..transport.endpoint import public_url, resolve_api_key, resolve_base_url, run_sync
+from ..base import (
     ChatOutcome,
     ChatRequest,
     ChatResult,
@@ -51,13 +51,13 @@ from .base import (
     OnChat,
     OnChoice,
     Usage,
-    fingerprint_of,
+    generation_fingerprint_of as fingerprint_of,
     renormalise_choices,
 )
-from .rate import RateControl, RateController, RateState, estimate_tokens, new_state
-from .retry import Failure as _Failure
-from .retry import RetryPolicy, retry_after_seconds, retrying
-from .structured import StructuredError, parse_structured
+from ..transport.rate import RateControl, RateController, RateState, estimate_tokens, new_state
+from ..transport.retry import Failure as _Failure
+from ..transport.retry import RetryPolicy, retry_after_seconds, retrying
+from ..structured import StructuredError, parse_structured
 
 log = logging.getLogger(__name__)
 

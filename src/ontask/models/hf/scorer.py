@@ -23,8 +23,9 @@ from typing import Any, Sequence
 
 import torch
 
-from .base import PassOutcome, PassRequest, PassResult, fingerprint_of
-from .tokenized import TokenizingScorer
+from ..base import PassOutcome, PassRequest, PassResult, fingerprint_of
+from ..local.tokenized import TokenizingScorer
+from ..local.weights import load_causal_lm, model_device
 
 MIN_SHARED_PREFIX = 8  # below this, sharing a prefix costs more than it saves
 
@@ -54,10 +55,12 @@ class HFScorer(TokenizingScorer):
         self._body = model.base_model
         self._head = model.get_output_embeddings()
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.device = model_device(model)  # inputs go where the weights are
         self._identity = {
             **identity,
             "template": hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:16],
             "dtype": str(next(model.parameters()).dtype),
+            **({"device": self.device.type} if self.device.type != "cpu" else {}),
         }
         self._fingerprint = fingerprint_of(self._identity)
         self.stats = {"batches": 0, "tokens": 0, "passes": 0}
@@ -109,8 +112,9 @@ class HFScorer(TokenizingScorer):
         ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
         for b, s in enumerate(seqs):
             ids[b, : len(s) - prefix] = torch.tensor(s[prefix:])
+        ids = ids.to(self.device)
         if prefix:
-            pre = self._body(input_ids=torch.tensor([seqs[0][:prefix]]), use_cache=True).past_key_values
+            pre = self._body(input_ids=torch.tensor([seqs[0][:prefix]], device=self.device), use_cache=True).past_key_values
             pre.batch_repeat_interleave(len(seqs))
             hidden = self._body(input_ids=ids, past_key_values=pre, use_cache=True).last_hidden_state
         else:
@@ -124,14 +128,14 @@ class HFScorer(TokenizingScorer):
             cols.extend(range(start - 1 - prefix, len(s) - 1 - prefix))
             targets.extend(s[start:])
             owner.extend([b] * n)
-        h = hidden[torch.tensor(rows), torch.tensor(cols)]
-        tgt = torch.tensor(targets)
+        h = hidden[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)]
+        tgt = torch.tensor(targets, device=self.device)
         token_lp = torch.empty(len(targets), dtype=torch.float64)
         for a in range(0, len(targets), 1024):  # bound the [positions x vocab] buffer
             logits = self._head(h[a : a + 1024]).float()
             if self._softcap:
                 logits = torch.tanh(logits / self._softcap) * self._softcap
-            token_lp[a : a + 1024] = _target_logprobs(logits, tgt[a : a + 1024])
+            token_lp[a : a + 1024] = _target_logprobs(logits, tgt[a : a + 1024]).cpu()
         sums = torch.zeros(len(seqs), dtype=torch.float64).index_add_(
             0, torch.tensor(owner), token_lp
         )
@@ -183,17 +187,16 @@ def weights_identity(path: Path) -> dict[str, Any]:
     }
 
 
-def load_hf_scorer(path: str | os.PathLike, *, name: str | None = None, identity: dict | None = None, **kw: Any) -> HFScorer:
-    """Load `hf:PATH` (a local folder; no hub access on purpose) as a scorer, fp32."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def load_hf_scorer(path: str | os.PathLike, *, name: str | None = None, identity: dict | None = None,
+                   device: str | None = None, dtype: str | None = None, **kw: Any) -> HFScorer:
+    """Load `hf:PATH` (a local folder; no hub access on purpose) as a scorer on `device` in
+    `dtype` (auto: the GPU in bf16 when there is one, else the CPU in fp32, exact to 1e-4)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"hf model folder not found: {path} (ontask never downloads models)")
-    tok = AutoTokenizer.from_pretrained(path)
+    model, tok = load_causal_lm(path, device=device, dtype=dtype)
     if not tok.chat_template:
         raise ValueError(f"{path}: the tokenizer has no chat_template; scores are defined over the chat template")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     ident = identity or {"model": str(path.resolve()), **weights_identity(path)}
     return HFScorer(model, tok, name=name or f"hf:{path}", identity=ident, **kw)
 

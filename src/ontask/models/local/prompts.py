@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .base import GenError, Usage
+from ..base import GenError, Usage
 
 
 class ChatTemplatePrompts:

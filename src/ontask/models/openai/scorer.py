@@ -37,11 +37,11 @@ import jinja2.ext
 import openai
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ..generation.rate import RateControl, RateController, RateState, new_state
-from ..generation.retry import Failure, RetryPolicy, retry_after_seconds, retrying
-from .base import PassError, PassOutcome, PassRequest, PassResult, fingerprint_of
-from .endpoint import public_url, resolve_api_key, resolve_base_url, run_sync
-from .tokenized import split_pass
+from ..transport.rate import RateControl, RateController, RateState, new_state
+from ..transport.retry import Failure, RetryPolicy, retry_after_seconds, retrying
+from ..base import PassError, PassOutcome, PassRequest, PassResult, fingerprint_of
+from ..transport.endpoint import public_url, resolve_api_key, resolve_base_url, run_sync
+from ..local.tokenized import split_pass
 
 MODES = ("echo", "prompt_logprobs")
 

@@ -61,7 +61,7 @@ import torch
 from pydantic import BaseModel
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from .base import (
+from ..base import (
     ChatOutcome,
     ChatRequest,
     ChatResult,
@@ -72,10 +72,11 @@ from .base import (
     OnChat,
     OnChoice,
     Usage,
-    fingerprint_of,
+    generation_fingerprint_of as fingerprint_of,
 )
-from .structured import StructuredError, parse_structured
-from .templated import ChatTemplatePrompts
+from ..structured import StructuredError, parse_structured
+from ..local.prompts import ChatTemplatePrompts
+from ..local.weights import load_causal_lm, model_device
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class HFGenerator(ChatTemplatePrompts):
         self.batch_size = max(1, int(batch_size))
         self.max_length = int(max_length or getattr(model.config, "max_position_embeddings", 2048))
         self.threads = configure_threads()
+        self.device = model_device(model)  # inputs go where the weights are
         self._stop_ids = _stop_ids(model, tokenizer)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._stop_ids[0]
         self._vocab = int(model.get_output_embeddings().weight.shape[0])
@@ -151,6 +153,7 @@ class HFGenerator(ChatTemplatePrompts):
             **({"repetition_penalty": self.repetition_penalty} if self.repetition_penalty != 1.0 else {}),
             "template": hashlib.sha256(tokenizer.chat_template.encode()).hexdigest()[:16],
             "dtype": str(next(model.parameters()).dtype),
+            **({"device": self.device.type} if self.device.type != "cpu" else {}),
             "decoding": f"transformers {_version('transformers')}; llguidance {_version('llguidance')}",
         }
         self._fingerprint = fingerprint_of(self._identity)
@@ -235,6 +238,7 @@ class HFGenerator(ChatTemplatePrompts):
         for b, p in enumerate(batch):  # left padding: every prompt ends at the last column
             ids[b, width - len(p.ids):] = torch.tensor(p.ids)
             mask[b, width - len(p.ids):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
         control = _RowControl(
             prompt_width=width,
             budgets=[p.budget for p in batch],
@@ -356,9 +360,11 @@ class HFGenerator(ChatTemplatePrompts):
             ids[b, : len(s)] = torch.tensor(s)
         last = sorted({len(s) - 1 for s in seqs})
         column = {pos: k for k, pos in enumerate(last)}
-        logits = self.model(input_ids=ids, use_cache=False, logits_to_keep=torch.tensor(last)).logits
-        picked = logits[torch.arange(len(seqs)), torch.tensor([column[len(s) - 1] for s in seqs])]
-        return torch.softmax(picked.float(), dim=-1)
+        logits = self.model(input_ids=ids.to(self.device), use_cache=False,
+                            logits_to_keep=torch.tensor(last, device=self.device)).logits
+        picked = logits[torch.arange(len(seqs), device=self.device),
+                        torch.tensor([column[len(s) - 1] for s in seqs], device=self.device)]
+        return torch.softmax(picked.float(), dim=-1).cpu()
 
 
 def _choice_outcome(choices: tuple[str, ...], token_ids: tuple[int, ...], probs: torch.Tensor, n_prompt: int) -> ChoiceOutcome:
@@ -477,7 +483,7 @@ class _RowControl(LogitsProcessor):
                 scores[b] = _only(scores[b], self.stop_id)
             elif self.generators[b] is not None:
                 probs = torch.softmax(scores[b].float() / self.temperatures[b], dim=-1)
-                token = int(torch.multinomial(probs, 1, generator=self.generators[b]))
+                token = int(torch.multinomial(probs.cpu(), 1, generator=self.generators[b]))
                 scores[b] = _only(scores[b], token)
         return scores
 
@@ -505,7 +511,7 @@ class _RowControl(LogitsProcessor):
                 llguidance.numpy.fill_next_token_bitmask(matcher, self._bitmask, b)
             else:
                 self._bitmask[b] = -1  # no constraint: the row is finished or being stopped
-        allowed = _unpack_bitmask(torch.from_numpy(self._bitmask), scores.shape[1])
+        allowed = _unpack_bitmask(torch.from_numpy(self._bitmask), scores.shape[1]).to(scores.device)
         return scores.masked_fill(~allowed, float("-inf"))
 
 
@@ -541,25 +547,24 @@ def _only(row: torch.Tensor, token: int) -> torch.Tensor:
 
 # -- loading -----------------------------------------------------------------------------
 def load_hf_generator(
-    path: str | os.PathLike, *, name: str | None = None, identity: dict[str, Any] | None = None, **kw: Any
+    path: str | os.PathLike, *, name: str | None = None, identity: dict[str, Any] | None = None,
+    device: str | None = None, dtype: str | None = None, **kw: Any
 ) -> HFGenerator:
-    """Load `hf:PATH` (a local folder; no hub access on purpose) as a generator, fp32."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ..backends.hf import weights_identity
+    """Load `hf:PATH` (a local folder; no hub access on purpose) as a generator on `device` in
+    `dtype` (auto: the GPU in bf16 when there is one, else the CPU in fp32)."""
+    from .scorer import weights_identity
 
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"hf model folder not found: {folder} (ontask never downloads models)")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model, tokenizer = load_causal_lm(folder, device=device, dtype=dtype)
     ident = identity or {"model": str(folder.resolve()), **weights_identity(folder)}
     return HFGenerator(model, tokenizer, name=name or f"hf:{folder}", identity=ident, **kw)
 
 
 def load_embedded_generator(**kw: Any) -> HFGenerator:
     """The bundled SmolLM2-135M-Instruct (its fp32 conversion in the user cache) as an `HFGenerator`."""
-    from ..backends.embedded import GGUF_NAME, converted_checkpoint
+    from ..embedded.weights import GGUF_NAME, converted_checkpoint
 
     path, digest = converted_checkpoint()
     identity = {"model": "SmolLM2-135M-Instruct", "source": GGUF_NAME, "gguf_sha256": digest}

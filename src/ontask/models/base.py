@@ -1,19 +1,18 @@
-"""The generation interface: chat messages in; text, or an object valid against a schema, out.
+"""The two things a model does for ontask, as protocols every provider implements.
 
-Every LLM role of TCIA (decomposer, composer, verifier, judges, responders) talks to a
-model through this one small interface, so a local transformers model, an
-OpenAI-compatible server and (later) an in-process vLLM engine are interchangeable.
+- **Scoring** (`Scorer`): the summed log-probability of an assistant turn's tokens given a
+  user turn, under one model and its chat template, batched. Every score in ontask
+  (perplexity, IFD, TSS, TSS++) is built from that one primitive; everything else is pure
+  arithmetic in `ontask.scoring`.
+- **Generation** (`Generator`): chat messages in; text, or an object valid against a
+  pydantic schema, out (`chat`); and `choice_probs`, the next-token probabilities of a few
+  single-token choices ("1".."5") after the prompt: the cheap, calibrated judge. Both take
+  an `on_result(index, outcome)` callback that fires the moment one answer is final, which
+  is how `CachedGenerator` persists each answer as it arrives.
 
-Two calls:
-- `chat(requests)`: generate an answer per request. When the request names a pydantic
-  `response_model`, the answer must parse and validate against it; backends constrain
-  decoding to its JSON schema where they can, otherwise repair and re-ask.
-- `choice_probs(requests)`: one forward pass, the next-token probabilities of a few
-  single-token choices ("1".."5") after the prompt: the cheap, calibrated judge.
-
-Both take an `on_result(index, outcome)` callback that fires the moment one answer is
-final, which is how `CachedGenerator` persists each answer as it arrives. Failures are
-values (`GenError`) with a reason, never an empty string or a default score.
+Failures are values (`PassError`, `GenError`) with a reason, never an empty string or a
+default score. Keeping both interfaces this small is what lets a local transformers model,
+an in-process vLLM engine and any OpenAI-compatible server be swapped freely per role.
 """
 
 from __future__ import annotations
@@ -25,6 +24,90 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from pydantic import BaseModel
+
+# == scoring ==============================================================================
+
+# Bump when the meaning of a stored pass result changes (e.g. which tokens are counted).
+PASS_SEMANTICS_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PassRequest:
+    """One forward pass: score `output` as the assistant's reply to the user turn `user`.
+
+    `user` is already assembled (instruction, blank line, input), or "" for the empty
+    prompt that IFD contrasts against.
+    """
+
+    user: str
+    output: str
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    """Summed natural-log probability of the output tokens and how many there were."""
+
+    sum_logprob: float
+    n_output: int
+    n_prompt: int
+
+    @property
+    def mean_logprob(self) -> float:
+        return self.sum_logprob / self.n_output
+
+
+@dataclass(frozen=True, slots=True)
+class PassError:
+    """A pass that could not be computed (too long, empty after tokenisation, server error)."""
+
+    reason: str
+
+
+PassOutcome = PassResult | PassError
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """What a scoring backend provides."""
+
+    name: str  # the user's model string, e.g. "embedded" or "hf:/models/x"
+
+    @property
+    def fingerprint(self) -> str:
+        """Stable hash of everything that changes results: weights, template, settings."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Model identity for run.json (no secrets)."""
+        ...
+
+    def render_prompt(self, user: str) -> str:
+        """The chat-templated prompt text up to where the assistant's reply begins."""
+        ...
+
+    def score(self, requests: Sequence[PassRequest]) -> list[PassOutcome]:
+        """Results aligned with `requests`. Must not raise for one bad request."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Token count with this scorer's tokenizer (used for token budgets)."""
+        ...
+
+
+def fingerprint_of(identity: dict[str, Any]) -> str:
+    """Hash a JSON-able identity dict into a short, stable fingerprint."""
+    blob = json.dumps({"v": PASS_SEMANTICS_VERSION, **identity}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def build_user_turn(instruction: str, input_text: str) -> str:
+    """The user turn defined in tss.md: the instruction, a blank line, then the input."""
+    if input_text.strip():
+        return f"{instruction}\n\n{input_text}" if instruction else input_text
+    return instruction
+
+
+# == generation ===========================================================================
 
 # Bump when the meaning of a stored generation changes.
 GENERATION_SEMANTICS_VERSION = 1
@@ -148,7 +231,7 @@ class Generator(Protocol):
         ...
 
 
-def fingerprint_of(identity: dict[str, Any]) -> str:
+def generation_fingerprint_of(identity: dict[str, Any]) -> str:
     blob = json.dumps({"v": GENERATION_SEMANTICS_VERSION, **identity}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 

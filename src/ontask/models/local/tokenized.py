@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .base import PassError, PassOutcome, PassRequest
+from ..base import PassError, PassOutcome, PassRequest
 
 
 class TokenizingScorer:

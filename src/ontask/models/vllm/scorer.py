@@ -28,8 +28,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .base import PassError, PassOutcome, PassRequest, PassResult, fingerprint_of
-from .tokenized import TokenizingScorer
+from ..base import PassError, PassOutcome, PassRequest, PassResult, fingerprint_of
+from ..local.tokenized import TokenizingScorer
 
 INSTALL_HINT = "vllm:PATH needs vLLM and a CUDA GPU: pip install 'ontask[vllm]'"
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's own default; lower it to share a GPU between engines
@@ -129,7 +129,7 @@ def load_chat_tokenizer(path: str | os.PathLike) -> Any:
 
 def engine_identity(path: str | os.PathLike, tokenizer: Any, dtype: str) -> dict[str, Any]:
     """What changes results: the weights (as `hf:` identifies them), template, dtype, backend."""
-    from .hf import weights_identity
+    from ..hf.scorer import weights_identity
 
     folder = Path(path)
     return {

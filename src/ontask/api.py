@@ -1,0 +1,235 @@
+"""The composition root: settings in; models, cache, embedder and executor wired; the job run.
+
+The CLI's commands are thin layers over these functions (they add the terminal: status
+lines, progress bars, tables), and the Python API is built on them too. This is the one
+module that knows which executor runs a job (`local` or `ray`): `scoring/` and `tcia/` take
+an executor or a model loader and never import `engine/`.
+
+Each function validates what it can before any model loads, opens the result cache (every
+model call goes through it, which is what makes a rerun resume), loads each distinct model
+once, and returns the run's manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator
+
+from .cache import ResultCache
+from .models import CachedGenerator, ModelSpec, load_generator, load_scorer
+from .scoring.config import ScoreConfig
+from .tcia.config import AugmentConfig
+
+Status = Callable[[str], ContextManager[Any]]  # shows "loading X" while a model loads
+
+
+def _no_status(message: str) -> ContextManager[Any]:
+    return contextlib.nullcontext()
+
+
+def quiet_libraries() -> None:
+    """No hub access and no library chatter: ontask never downloads models."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def open_cache(path: str | os.PathLike | None = None) -> ResultCache:
+    """The result cache (`path`, else $ONTASK_CACHE_DIR, else ~/.cache/ontask/cache.sqlite)."""
+    return ResultCache(Path(path) if path else None)
+
+
+def cached_generator(spec: ModelSpec | str, cache: ResultCache, **settings: Any) -> CachedGenerator:
+    """A generator whose every call goes through the cache."""
+    return CachedGenerator(load_generator(spec, **settings), cache)
+
+
+class LazyGenerator:
+    """Loads its model on first use, once per distinct spec (shared through `loaded`): rows that
+    carry their decomposition, with constraints quoted verbatim, need no model at all."""
+
+    def __init__(self, spec: ModelSpec, cache: ResultCache, loaded: dict[ModelSpec, CachedGenerator],
+                 status: Status = _no_status) -> None:
+        self.spec, self.name = spec, str(spec)
+        self._cache, self._loaded, self._status = cache, loaded, status
+
+    def __getattr__(self, attr: str) -> Any:
+        if self.spec not in self._loaded:
+            with self._status(f"loading {self.spec}"):
+                self._loaded[self.spec] = cached_generator(self.spec, self._cache)
+        return getattr(self._loaded[self.spec], attr)
+
+
+# -- score ------------------------------------------------------------------------------------
+def score(input: str | os.PathLike, output: str | os.PathLike, cfg: ScoreConfig, *,
+          cache_path: str | os.PathLike | None = None, progress: Any = None, status: Status = _no_status) -> dict[str, Any]:
+    """Score `input` into `output` with `cfg`; returns the manifest (also written as run.json)."""
+    from .scoring import run_score
+
+    cfg.check_models()  # every role's provider and options, before anything loads
+    quiet_libraries()
+    cache = open_cache(cache_path)
+    scorer = None  # on Ray, each actor loads its own
+    if cfg.engine == "local":
+        with status(f"loading scorer {cfg.scorer}"):
+            scorer = load_scorer(cfg.spec_for("scorer"), batch_tokens=cfg.batch_tokens, share_prefix=cfg.share_prefix)
+    emb = None
+    if "hard" in cfg.alternative_kinds or ("variants" in cfg.alternative_kinds and cfg.db):
+        from .embed import load_embedder
+
+        with status(f"loading embedder {cfg.embedder}"):
+            emb = load_embedder(cfg.embedder, cache=cache)
+    maker = variant_maker(cfg, cache, emb, status) if "variants" in cfg.alternative_kinds else None
+    return run_score(input, output, cfg, scorer=scorer, cache=cache, embedder=emb, variants=maker,
+                     progress=progress, executor=score_executor(cfg))
+
+
+def score_executor(cfg: ScoreConfig) -> Any:
+    """Where the passes run: this process (None: the pipeline's default) or Ray actors."""
+    if cfg.engine == "ray":
+        from .engine.ray_score import ray_executor
+
+        return ray_executor(cfg.ray_address)
+    return None
+
+
+def variant_maker(cfg: ScoreConfig, cache: ResultCache, embedder: Any, status: Status = _no_status) -> Any:
+    """Models for `--alternatives variants`, each loaded on first use, every call through the cache."""
+    from .tcia.database import ConstraintDB
+    from .tcia.variants import VariantMaker
+
+    loaded: dict[ModelSpec, CachedGenerator] = {}
+
+    def gen(role: str) -> LazyGenerator:
+        return LazyGenerator(cfg.spec_for(role), cache, loaded, status)
+
+    db = ConstraintDB.load(cfg.db, expect_embedder=embedder.name) if cfg.db else None
+    return VariantMaker(decomposer=gen("decomposer"), composer=gen("composer"), verifier=gen("verifier"),
+                        db=db, embedder=embedder, near_duplicate=cfg.near_duplicate,
+                        max_refinements=cfg.variant_refinements, max_tokens=cfg.compose_max_tokens)
+
+
+# -- select -----------------------------------------------------------------------------------
+def select(input: str | os.PathLike, output: str | os.PathLike, cfg: Any) -> dict[str, Any]:
+    """Keep the best rows of a scored file under `cfg`'s budget; returns select.json's content."""
+    from .selection import run_select
+
+    if cfg.diversity:
+        quiet_libraries()
+    return run_select(input, output, cfg)
+
+
+# -- decompose and the constraint database ------------------------------------------------------
+def decompose(input: Path, output: Path, decomposer: ModelSpec | str | None, *, field: str | None = None,
+              cache_path: str | os.PathLike | None = None, tick: Any = None,
+              status: Status = _no_status) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Decompose `input` into `output` (JSONL) + `<stem>.failed.jsonl` beside it.
+
+    Returns every task found (task_type, base_query, constraints) and the counts; the rows
+    stream through to `output` one chunk at a time. The model loads when a row first needs it."""
+    from .io.writers import AtomicWriter
+    from .tcia.corpus import iter_decomposed
+
+    quiet_libraries()
+    cache = open_cache(cache_path)
+    loaded: dict[ModelSpec, CachedGenerator] = {}
+    model = LazyGenerator(_spec(decomposer), cache, loaded, status)
+
+    tasks: list[dict[str, Any]] = []
+    n_rows = n_failed = 0
+    with AtomicWriter(output) as w, AtomicWriter(failed_path(output)) as fw:
+        for chunk in iter_decomposed(input, lambda: model, field=field, tick=tick):
+            ok = [{**d.record, "_line": d.line, **d.result} for d in chunk if d.result is not None]
+            bad = [{"file": d.file, "line": d.line, "stage": "decompose", "reason": d.failure} for d in chunk if d.failure]
+            w.write(ok)
+            fw.write(bad)
+            tasks += [t for d in chunk if d.result for t in d.result["tasks"]]
+            n_rows += len(chunk)
+            n_failed += len(bad)
+    counts = {"rows": n_rows, "decomposed": n_rows - n_failed, "failed": n_failed,
+              "calls": next(iter(loaded.values())).stats.to_json() if loaded else None}
+    return tasks, counts
+
+
+def failed_path(output: Path) -> Path:
+    """Where the failures of `decompose -o OUT` go: OUT's stem + .failed.jsonl, beside it."""
+    return output.with_name(output.stem + ".failed.jsonl")
+
+
+def build_db(input: Path, output: Path, *, decomposer: ModelSpec | str | None = None, embedder: str = "embedded",
+             eps: float = 0.15, min_samples: int = 1, cache_path: str | os.PathLike | None = None, tick: Any = None,
+             status: Status = _no_status) -> tuple[Any, int]:
+    """Build and save the constraint database: decompose, embed, cluster task types, index
+    constraints. Returns the database and how many rows could not be decomposed."""
+    from .embed import load_embedder
+    from .tcia.database import build_database
+
+    records, counts = decompose(input, output / "decomposed.jsonl", decomposer, cache_path=cache_path, tick=tick,
+                                status=status)
+    if not records:
+        raise ValueError(f"{input}: no row could be decomposed (see {failed_path(output / 'decomposed.jsonl')})")
+    emb = load_embedder(embedder, cache=open_cache(cache_path))
+    with status(f"embedding and clustering {len(records)} records"):
+        db = build_database(records, emb, eps=eps, min_samples=min_samples)
+    db.save(output)
+    return db, counts["failed"]
+
+
+# -- augment ----------------------------------------------------------------------------------
+def build_roles(cfg: AugmentConfig, cache: ResultCache) -> Any:
+    """One loaded model per distinct spec, one cached view per role; local models in Ray actor
+    pools with `--engine ray` (a Ray session must be open: see `augment`)."""
+    from .tcia.pipeline import Roles
+
+    if cfg.engine == "ray":
+        from .engine.ray_generate import ray_loader
+
+        def local(spec: ModelSpec) -> Any:
+            return load_generator(spec, rate=cfg.rate, repetition_penalty=cfg.local_repetition_penalty)
+
+        return Roles(cfg, cache, loader=ray_loader(cfg, local))
+    return Roles(cfg, cache)
+
+
+@contextlib.contextmanager
+def executor_session(cfg: AugmentConfig | ScoreConfig) -> Iterator[None]:
+    """The executor's lifetime: a Ray session (local or joined) for `--engine ray`, else nothing."""
+    if cfg.engine == "ray":
+        from .engine.ray_runtime import ray_session
+
+        with ray_session(cfg.ray_address):
+            yield
+    else:
+        yield
+
+
+def augment(cfg: AugmentConfig, output: str | os.PathLike, *, seeds: list[Any], inputs: list[str],
+            cache_path: str | os.PathLike | None = None, db: Any = None, progress: Any = None,
+            status: Status = _no_status) -> dict[str, Any]:
+    """Run TCIA's six steps from `seeds` over the input pool `inputs` into the run folder `output`."""
+    from .embed import load_embedder
+    from .tcia.database import ConstraintDB
+    from .tcia.pipeline import run_augment
+
+    cfg.check_models()  # every role's provider and options, before anything loads
+    quiet_libraries()
+    cache = open_cache(cache_path)
+    with status(f"loading embedder {cfg.embedder}"):
+        emb = load_embedder(cfg.embedder, cache=cache)
+    db = db or ConstraintDB.load(cfg.db, expect_embedder=emb.name)
+    with executor_session(cfg):
+        with status("loading models " + ", ".join(sorted({str(s) for s in cfg.roles().values()}))):
+            roles = build_roles(cfg, cache)
+        return run_augment(seeds, inputs, cfg, output, db=db, embedder=emb, roles=roles, progress=progress)
+
+
+def _spec(value: ModelSpec | str | None) -> ModelSpec:
+    from .models import parse_spec
+
+    return parse_spec(value or "embedded")

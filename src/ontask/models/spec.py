@@ -1,0 +1,251 @@
+"""A model as the user names it: one string plus typed options, checked before anything loads.
+
+The string keeps today's form (`embedded`, `hf:PATH`, `openai:MODEL`, `vllm:PATH`, or any
+registered provider's `NAME:TARGET`); the options say how to reach and run it. A spec comes
+from a flag (`--judge openai:qwen`), from `--model` (every role at once), or from a YAML
+mapping per role:
+
+    models:
+      judge: {spec: openai:qwen, base_url: http://gpu-a:8000/v1, concurrency: 8}
+      scorer: {spec: openai:smol, base_url: http://127.0.0.1:8080/v1, template: hf:/models/smol}
+
+An option the spec does not know is an error naming it (with the closest known name), and
+an option the provider does not take is an error too: a setting is never dropped silently.
+`api_key_env` holds the *name* of the environment variable with the key, never the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEVICES_HELP = "auto | cpu | cuda | cuda:N"
+
+
+class ModelSpec(BaseModel):
+    """One role's model: which (`spec`) and every option that changes how it is reached or run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    spec: str = Field(description="embedded | hf:PATH | openai:MODEL | vllm:PATH | NAME:TARGET of a registered provider")
+    # remote (openai:)
+    base_url: str | None = Field(None, description="server address, e.g. http://localhost:8000/v1")
+    api_key_env: str | None = Field(None, description="name of the environment variable holding the key")
+    template: str | None = Field(None, description="scoring through a server: hf:PATH | FILE.jinja | server | chatml")
+    mode: Literal["echo", "prompt_logprobs"] | None = Field(None, description="server scoring: how prompt log-probs are read")
+    concurrency: int | None = Field(None, ge=1, description="the most requests in flight")
+    timeout: float | None = Field(None, gt=0, description="seconds per HTTP request")
+    max_retries: int | None = Field(None, ge=0, description="retries of a failed request")
+    structured: Literal["auto", "response_format", "prompt"] | None = Field(None, description="how JSON schemas are sent")
+    # local (embedded, hf:, vllm:)
+    device: str | None = Field(None, description=DEVICES_HELP)
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] | None = None
+    batch_tokens: int | None = Field(None, ge=64, description="scoring: padded tokens per forward batch")
+    batch_size: int | None = Field(None, ge=1, description="generation: prompts per batch")
+    max_length: int | None = Field(None, ge=8, description="context length (default: the model's)")
+
+    @field_validator("spec")
+    @classmethod
+    def _named(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("a model spec cannot be empty (e.g. embedded, hf:PATH, openai:MODEL)")
+        provider, colon, target = v.partition(":")
+        if colon and not target:
+            raise ValueError(f"'{v}' names no model after '{provider}:'")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        name = v.strip().lower()
+        if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
+            return name
+        raise ValueError(f"unknown device '{v}': use {DEVICES_HELP}")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        return {"spec": data} if isinstance(data, str) else data
+
+    # -- what it names --------------------------------------------------------------------
+    @property
+    def provider(self) -> str:
+        """The registry name: the part before ':' (`embedded` has none)."""
+        return self.spec.partition(":")[0] if ":" in self.spec else self.spec
+
+    @property
+    def target(self) -> str:
+        """What the provider loads: a path, a served model's name ('' for `embedded`)."""
+        return self.spec.partition(":")[2]
+
+    def options(self) -> dict[str, Any]:
+        """The options that were set (not None), without `spec`."""
+        return {k: v for k, v in self.model_dump(exclude={"spec"}).items() if v is not None}
+
+    def with_defaults(self, **defaults: Any) -> "ModelSpec":
+        """This spec with the options it leaves unset taken from `defaults` (None values ignored)."""
+        mine = self.options()
+        filled = {k: v for k, v in defaults.items() if v is not None and k not in mine}
+        return self.model_copy(update=filled) if filled else self
+
+    def __str__(self) -> str:
+        return self.spec
+
+
+OPTION_NAMES: tuple[str, ...] = tuple(k for k in ModelSpec.model_fields if k != "spec")
+
+
+def parse_spec(value: "str | dict[str, Any] | ModelSpec", where: str = "model") -> ModelSpec:
+    """A `ModelSpec` from a string or a mapping, or a `ValueError` that names `where` and the option in words."""
+    if isinstance(value, ModelSpec):
+        return value
+    try:
+        return ModelSpec.model_validate(value)
+    except ValidationError as err:
+        raise ValueError(spec_error_text(err, where)) from None
+
+
+def spec_error_text(err: ValidationError, where: str) -> str:
+    """pydantic's errors as sentences: `judge: unknown option 'bse_url' (did you mean base_url?)`."""
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(field, OPTION_NAMES, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f" (known options: {', '.join(OPTION_NAMES)})"
+            lines.append(f"{where}: unknown option '{field}'{hint}")
+        elif e["type"] == "missing" and field == "spec":
+            lines.append(f"{where}: say which model with 'spec' (e.g. spec: openai:MODEL)")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: option '{field}': {msg}" if field else f"{where}: {msg}")
+    return "; ".join(lines)
+
+
+def parse_option_assignments(items: list[str] | None) -> dict[str, dict[str, str]]:
+    """`--model-option ROLE.KEY=VALUE` (or `KEY=VALUE` for every role) -> {role or '*': {key: value}}."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items or []:
+        left, eq, value = item.partition("=")
+        if not eq or not left.strip():
+            raise ValueError(f"--model-option '{item}': write ROLE.OPTION=VALUE (e.g. judge.base_url=http://host:8000/v1) "
+                             "or OPTION=VALUE for every role")
+        role, dot, key = left.strip().rpartition(".")
+        out.setdefault(role if dot else "*", {})[key] = value.strip()
+    return out
+
+
+CHAT_ONLY = frozenset({"structured"})
+SCORING_ONLY = frozenset({"template", "mode"})
+
+
+class RoleModels(BaseModel):
+    """Settings mixin: the run's model roles, each a spec string field (`judge`, `scorer`, ...),
+    plus `model` (every role at once; a role's own field wins) and `models` (options per
+    role, from YAML or `--model-option ROLE.OPTION=VALUE`). After validation every role field
+    holds its model string, and `spec_for(role)` gives the full `ModelSpec`.
+
+    Subclasses list their roles in `chat_roles` / `scoring_roles` (a list-valued field such
+    as `responders` names roles `responder_0`, `responder_1`, ...; `models.responders` applies
+    to all of them)."""
+
+    model: str | None = Field(None, description="the model of every role not set on its own")
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-role model options")
+
+    chat_roles: ClassVar[tuple[str, ...]] = ()
+    scoring_roles: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _resolve_roles(self) -> "RoleModels":
+        from .registry import check_spec  # (late: the registry imports this module)
+
+        known = (*self.chat_roles, *self.scoring_roles)
+        for role, opts in self.models.items():
+            if role not in known and not (role.startswith("responder_") and "responders" in known):
+                raise ValueError(f"models: unknown role '{role}' (roles here: {', '.join(known)})")
+            if not isinstance(opts, dict):
+                raise ValueError(f"models.{role}: give a mapping of options, e.g. {{spec: openai:MODEL, base_url: URL}}")
+        for role in known:
+            default = self.models.get(role, {}).get("spec") or self.model or "embedded"
+            value = getattr(self, role)
+            if isinstance(value, list):
+                setattr(self, role, value or [default])
+            elif value is None:
+                setattr(self, role, default)
+        for role in self.role_names():
+            spec = self.spec_for(role)
+            if provider_class_or_none(spec.provider) is not None:  # unknown names: `check_models` (at run time)
+                spec = check_spec(spec, where=f"models.{role}")
+            wrong = (SCORING_ONLY if _base(role) in self.chat_roles else CHAT_ONLY) & set(spec.options())
+            if wrong:
+                kind = "chat" if _base(role) in self.chat_roles else "scoring"
+                raise ValueError(f"models.{role}: option(s) {', '.join(sorted(wrong))} do not apply to a {kind} role")
+        return self
+
+    def check_models(self) -> None:
+        """Every role names a known provider with options it takes (before anything loads)."""
+        from .registry import check_spec
+
+        for role in self.role_names():
+            check_spec(self.spec_for(role), where=role)
+
+    def role_names(self) -> list[str]:
+        """Every role, list-valued ones expanded (`responder_0`, ...)."""
+        names = []
+        for role in (*self.chat_roles, *self.scoring_roles):
+            value = getattr(self, role)
+            names += [f"{role[:-1]}_{i}" for i in range(len(value))] if isinstance(value, list) else [role]
+        return names
+
+    def spec_for(self, role: str, **defaults: Any) -> ModelSpec:
+        """The full spec of `role`: its string, its `models` options, then `defaults` for the rest."""
+        base = _base(role)
+        value = getattr(self, base)
+        if isinstance(value, list):
+            value = value[int(role.rpartition("_")[2])]
+        opts = {**self.models.get(base, {}), **(self.models.get(role, {}) if role != base else {})}
+        opts.pop("spec", None)
+        spec = parse_spec({"spec": value or self.model or "embedded", **opts}, where=f"models.{role}")
+        # Run-wide defaults fill only options this provider takes (a base_url means nothing to hf:).
+        allowed = provider_options(spec)
+        return spec.with_defaults(**{k: v for k, v in {**self.role_defaults(), **defaults}.items() if k in allowed})
+
+    def role_defaults(self) -> dict[str, Any]:
+        """Run-wide defaults of spec options (e.g. the top-level base_url); subclasses extend it."""
+        return {"base_url": getattr(self, "base_url", None)}
+
+
+def provider_class_or_none(name: str) -> type | None:
+    from .registry import provider_class  # (late: the registry imports this module)
+
+    return provider_class(name)
+
+
+def provider_options(spec: ModelSpec) -> frozenset[str]:
+    """The options `spec`'s provider takes (none when it names no known provider: loading says so)."""
+    from .registry import provider_class  # (late: the registry imports this module)
+
+    cls = provider_class(spec.provider)
+    return frozenset(cls.options) if cls is not None else frozenset()
+
+
+def _base(role: str) -> str:
+    """`responder_3` -> `responders`; other roles are their own field."""
+    return "responders" if role.startswith("responder_") else role
+
+
+def apply_model_options(flags: dict[str, Any], assignments: list[str] | None, roles: tuple[str, ...]) -> None:
+    """Fold `--model-option` values into `flags['models']` (OPTION=VALUE without a role: every role)."""
+    parsed = parse_option_assignments(assignments)
+    if not parsed:
+        return
+    models: dict[str, dict[str, Any]] = flags.setdefault("models", None) or {}
+    for role, opts in parsed.items():
+        for r in (roles if role == "*" else (role,)):
+            models.setdefault(r, {}).update(opts)
+    flags["models"] = models
