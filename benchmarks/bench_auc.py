@@ -160,7 +160,7 @@ def main() -> None:
                     help="also score tss with alternatives=hard (reuses cached passes)")
     args = ap.parse_args()
 
-    from ontask.backends.embedded import load_embedded_scorer
+    from ontask.models.embedded.weights import load_embedded_scorer
     from ontask.cache import ResultCache
     from ontask.embed import load_embedder
     from ontask.scoring import run_score

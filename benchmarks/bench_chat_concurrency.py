@@ -30,8 +30,8 @@ from typing import Iterator, Literal
 
 from pydantic import BaseModel, Field
 
-from ontask.generation.base import ChatRequest, ChatResult
-from ontask.generation.openai_chat import OpenAIChatGenerator, RetryPolicy
+from ontask.models.base import ChatRequest, ChatResult
+from ontask.models.openai.chat import OpenAIChatGenerator, RetryPolicy
 
 
 class Review(BaseModel):

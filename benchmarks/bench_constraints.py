@@ -80,7 +80,7 @@ def mapping(decomposed: Path | None) -> None:
 
 
 def _score(rows: list[dict], out: Path, cfg, variants=None) -> list[dict]:
-    from ontask.backends import load_scorer
+    from ontask.models import load_scorer
     from ontask.cache import ResultCache
     from ontask.scoring import run_score
 
@@ -139,7 +139,7 @@ def flags() -> None:
 
 
 def variants(limit: int, refinements: int, hand_cut: Path | None) -> None:
-    from ontask.generation import CachedGenerator, load_generator
+    from ontask.models import CachedGenerator, load_generator
     from ontask.cache import ResultCache
     from ontask.scoring import ScoreConfig
     from ontask.tcia.variants import VariantMaker

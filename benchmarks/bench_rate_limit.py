@@ -31,9 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_chat_concurrency import fake_server, make_requests  # noqa: E402
 
-from ontask.generation.base import ChatResult  # noqa: E402
-from ontask.generation.openai_chat import OpenAIChatGenerator, RetryPolicy  # noqa: E402
-from ontask.generation.rate import RateControl  # noqa: E402
+from ontask.models.base import ChatResult  # noqa: E402
+from ontask.models.openai.chat import OpenAIChatGenerator, RetryPolicy  # noqa: E402
+from ontask.models.transport.rate import RateControl  # noqa: E402
 
 
 def run(url: str, n: int, concurrency: int, rate: RateControl) -> tuple[float, int, OpenAIChatGenerator]:

@@ -207,7 +207,7 @@ def run_cherry(scorer, requests, lm_splits, repeat: int) -> dict:
     the losses are comparable. Untimed, from the same logits: the log-probs of the tokens
     lm-eval counts in its continuation but ontask counts in the prompt (see lm_splits).
     """
-    from ontask.backends.base import PassError
+    from ontask.models.base import PassError
 
     model = scorer.model
     best = None
@@ -254,7 +254,7 @@ def make_hflm(scorer, batch_size, max_batch_size: int):
 def lm_eval_splits(lm, requests, prompts, outputs, scorer):
     """Per request: lm-eval's context length if its context+continuation tokens equal
     ontask's full sequence, else None; plus lm-eval's continuation token counts."""
-    from ontask.backends.base import PassError
+    from ontask.models.base import PassError
 
     splits, cont_lens = [], []
     for prompt, out, req in zip(prompts, outputs, requests):
@@ -307,8 +307,8 @@ def fp64_reference(model, encoded, idx, lm_split) -> dict[int, tuple[float, floa
 # --------------------------------------------------------------------------------------
 def ontask_padded_tokens(scorer, chunks) -> int | None:
     try:
-        from ontask.backends.base import PassError
-        from ontask.backends.hf import MIN_SHARED_PREFIX, _common_prefix
+        from ontask.models.base import PassError
+        from ontask.models.hf.scorer import MIN_SHARED_PREFIX, _common_prefix
     except ImportError:
         return None
     total = 0
@@ -400,8 +400,8 @@ def main(argv=None) -> int:
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     torch.set_num_threads(args.threads)
 
-    from ontask.backends.base import PassError
-    from ontask.backends.embedded import load_embedded_scorer
+    from ontask.models.base import PassError
+    from ontask.models.embedded.weights import load_embedded_scorer
     from ontask.scoring.config import ScoreConfig
 
     t = time.perf_counter()

@@ -14,9 +14,9 @@ import time
 from common import MAX_TOKENS, MODEL, load_prompts, messages, report
 
 from ontask.cache import ResultCache
-from ontask.generation.base import ChatRequest, ChatResult
-from ontask.generation.cached import CachedGenerator
-from ontask.generation.openai_chat import OpenAIChatGenerator
+from ontask.models.base import ChatRequest, ChatResult
+from ontask.models.cached import CachedGenerator
+from ontask.models.openai.chat import OpenAIChatGenerator
 
 
 def main() -> None:
