@@ -95,14 +95,15 @@ def plan_requests(path: Path, cfg, scorer) -> list[list]:
     the cache). Built with the pipeline's own planning code so the set is the same."""
     from ontask.io import read_examples
     from ontask.records import Example
-    from ontask.scoring.pipeline import Scoring, chunks
+    from ontask.scoring.pipeline import Scoring
+    from ontask.scoring.pipeline import chunks as split_chunks
     from ontask.scoring.plan import plan_row
 
     job = Scoring(cfg, scorer, cache=None)  # the cache is not touched by planning
     job.build_alternatives(path)
     seen: set = set()
     chunks = []
-    for chunk in chunks(read_examples(path, cfg.columns), cfg.chunk_rows):
+    for chunk in split_chunks(read_examples(path, cfg.columns), cfg.chunk_rows):
         new = []
         for seq, item in chunk:
             if not isinstance(item, Example):
