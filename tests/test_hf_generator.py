@@ -182,7 +182,7 @@ class Decomposition(BaseModel):
 
 @pytest.mark.slow
 def test_embedded_model_decomposes_into_a_valid_object():
-    from ontask.models.hf.generator import load_embedded_generator
+    from ontask.models.embedded.weights import load_embedded_generator
 
     gen = load_embedded_generator()
     assert gen.name == "embedded" and "gguf_sha256" in gen.describe()

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..records import InputError
-from ..models.spec import apply_model_options
+from ..models.roles import apply_model_options
 from .config_file import merged, settings_error
 from .progress import row_progress
 

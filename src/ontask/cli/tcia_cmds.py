@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from ..records import InputError
-from ..models.spec import apply_model_options
+from ..models.roles import apply_model_options
 from .config_file import merged, settings_error
 from .progress import stage_progress
 
@@ -48,7 +48,8 @@ def _role_spec(role: str, value: str | None, model: str | None, base_url: str | 
     """The spec of a command's one model role from its flags (role flag > --model > embedded;
     --model-option ROLE.OPTION=VALUE; --base-url where the provider takes one), checked now."""
     from ..models.registry import check_spec
-    from ..models.spec import parse_option_assignments, parse_spec, provider_options
+    from ..models.roles import provider_options
+    from ..models.spec import parse_option_assignments, parse_spec
 
     parsed = parse_option_assignments(options)
     others = sorted(set(parsed) - {"*", role})

@@ -97,15 +97,3 @@ def load_generator(spec: "str | dict[str, Any] | ModelSpec", **settings: Any) ->
     """The generator named by `spec` (a string like `openai:MODEL`, a mapping, or a `ModelSpec`)."""
     spec = parse_spec(spec)
     return provider_for(spec).generator(spec, **settings)
-
-
-def take(spec: ModelSpec, settings: dict[str, Any], *keys: str) -> dict[str, Any]:
-    """Keyword arguments for a loader: each of `keys` from the spec's options, else from the
-    run's `settings`, leaving out what neither sets (the loader's default then applies)."""
-    mine = spec.options()
-    out = {}
-    for k in keys:
-        value = mine.get(k, settings.get(k))
-        if value is not None:
-            out[k] = value
-    return out

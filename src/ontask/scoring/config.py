@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
-from ..models.spec import RoleModels
+from ..models.roles import RoleModels
 
 Metric = Literal["ppl", "ifd", "ifd_ppl", "tss", "tss++"]
 ALL_METRICS: tuple[str, ...] = ("ppl", "ifd", "ifd_ppl", "tss", "tss++")

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
-from ..models.spec import ModelSpec, RoleModels
+from ..models.roles import RoleModels
+from ..models.spec import ModelSpec
 
 from ..models.transport.rate import RateControl
 from .judges import JUDGE_MODES

@@ -94,6 +94,9 @@ class FakeServer:
         max_concurrent: int | None = None,
         chat_handler: ChatHandler | None = None,
         reject_response_format: bool = False,
+        reject_json_schema: int | None = None,
+        chat_template: str | None = None,
+        template_endpoint: str | None = "vllm",
         log_path: str | Path | None = None,
         seed: int = 0,
         host: str = "127.0.0.1",
@@ -120,6 +123,15 @@ class FakeServer:
         self.max_concurrent = max_concurrent
         self.chat_handler: ChatHandler = chat_handler or default_chat_answer
         self.reject_response_format = reject_response_format
+        # llama-cpp-python answers `response_format: json_schema` with a 500 and takes
+        # {"type": "json_object", "schema": ...}: `reject_json_schema=500` does the same.
+        self.reject_json_schema = reject_json_schema
+        # The served model's chat template (default: its tokenizer's), and how a client can
+        # have it applied: "vllm" (POST /tokenize with messages, then /detokenize),
+        # "llama.cpp" (POST /apply-template), or None (no way, as llama-cpp-python).
+        if chat_template is not None and self.tokenizer is not None:
+            self.tokenizer.chat_template = chat_template
+        self.template_endpoint = template_endpoint
         self.host, self.port = host, port
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -196,6 +208,8 @@ class FakeServer:
         app.router.add_post("/v1/completions", self._serve(self._completions))
         app.router.add_post("/v1/chat/completions", self._serve(self._chat))
         app.router.add_post("/tokenize", self._serve(self._tokenize))
+        app.router.add_post("/detokenize", self._serve(self._detokenize))
+        app.router.add_post("/apply-template", self._serve(self._apply_template))
         return app
 
     # -- the request path: log, latency, faults, answer ---------------------------------
@@ -219,6 +233,12 @@ class FakeServer:
         if self.max_concurrent is not None and entry["in_flight"] > self.max_concurrent:
             return _error(429, f"more than {self.max_concurrent} concurrent requests", "RateLimitError",
                           self._retry_after_headers(), fault="concurrency")
+        if entry["path"] not in MODEL_CALLS:  # tokenize / template endpoints: instant, never faulty
+            if not isinstance(body, dict):
+                return _error(400, "body must be a JSON object")
+            if entry["path"] != "/apply-template" and body.get("model") not in self.model_names:
+                return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
+            return answer(body)
         if self.latency:
             await asyncio.sleep(self.latency)
         fault = entry["fault"] = self._draw_fault()
@@ -291,6 +311,8 @@ class FakeServer:
             return _error(400, "messages must be a non-empty list of {role, content} objects")
         if self.reject_response_format and body.get("response_format") is not None:
             return _error(400, "response_format is not supported by this server")
+        if self.reject_json_schema and (body.get("response_format") or {}).get("type") == "json_schema":
+            return _error(self.reject_json_schema, "Internal Server Error", "InternalServerError")
         try:
             text = self.chat_handler(body)
         except FakeError as exc:
@@ -300,8 +322,26 @@ class FakeServer:
     def _tokenize(self, body: dict[str, Any]) -> _Reply:
         if self.tokenizer is None:
             return _error(404, "this fake server has no model (start it with model_dir)", "NotFoundError")
-        ids = self.tokenizer(body.get("prompt", ""), add_special_tokens=body.get("add_special_tokens", True))["input_ids"]
+        if "messages" in body:  # vLLM's chat form: the chat template applied, then tokenised
+            if self.template_endpoint != "vllm":
+                return _error(400, "messages are not supported here")
+            text = self.tokenizer.apply_chat_template(body["messages"], tokenize=False,
+                                                      add_generation_prompt=body.get("add_generation_prompt", True))
+            ids = self.tokenizer(text, add_special_tokens=body.get("add_special_tokens", False))["input_ids"]
+        else:
+            ids = self.tokenizer(body.get("prompt", ""), add_special_tokens=body.get("add_special_tokens", True))["input_ids"]
         return _Reply(200, {"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids, "token_strs": None})
+
+    def _detokenize(self, body: dict[str, Any]) -> _Reply:
+        if self.tokenizer is None or self.template_endpoint != "vllm":
+            return _error(404, "Not Found", "NotFoundError")
+        return _Reply(200, {"prompt": self.tokenizer.decode(body.get("tokens") or [])})
+
+    def _apply_template(self, body: dict[str, Any]) -> _Reply:
+        if self.tokenizer is None or self.template_endpoint != "llama.cpp":
+            return _error(404, "Not Found", "NotFoundError")
+        return _Reply(200, {"prompt": self.tokenizer.apply_chat_template(body["messages"], tokenize=False,
+                                                                         add_generation_prompt=True)})
 
     def _completions(self, body: dict[str, Any]) -> _Reply:
         if self.model is None:
@@ -372,6 +412,10 @@ class FakeServer:
 
 
 # -- chat answers ---------------------------------------------------------------------------
+# The paths that are model calls: latency and faults apply to these only.
+MODEL_CALLS = ("/v1/completions", "/v1/chat/completions")
+
+
 def request_digest(body: dict[str, Any]) -> bytes:
     """sha256 of the request's messages: the seed of every default answer."""
     return hashlib.sha256(json.dumps(body.get("messages"), sort_keys=True, default=str).encode()).digest()
@@ -451,6 +495,8 @@ def _logprobs_content(text: str, top_n: int, digest: bytes) -> list[dict[str, An
 
 
 def _response_schema(response_format: Any) -> dict[str, Any] | None:
+    if isinstance(response_format, dict) and response_format.get("type") == "json_object":  # llama.cpp's form
+        return response_format.get("schema") if isinstance(response_format.get("schema"), dict) else None
     if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
         return None
     spec = response_format.get("json_schema")

@@ -28,8 +28,12 @@ What callers must know about this server (0.3.36):
   arrives, unless `--interrupt_requests false`, which this module passes by default;
 - it reads every setting from environment variables too (`HOST` and `PORT` even override
   the command line), so the child gets an environment without them;
-- on an abort (e.g. a token id out of range in /extras/detokenize) ggml attaches gdb to
-  print a backtrace, which takes seconds: GGML_NO_BACKTRACE=1 turns that off.
+- on an abort (e.g. a token id out of range in /extras/detokenize kills it) ggml attaches
+  gdb to print a backtrace, which takes seconds: the child gets GGML_NO_BACKTRACE=1;
+- a request it rejects (a body that fails validation, `response_format` of type
+  `json_schema`) is answered 500, not 4xx, so the OpenAI SDK retries it before raising;
+- `echo` + `logprobs` costs ~25 ms a token in Python (a sort over the vocabulary per
+  token): keep the texts scored through it short.
 """
 
 from __future__ import annotations
@@ -44,7 +48,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,13 +74,13 @@ _SERVER_ENV = frozenset(
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def available() -> str | None:
     """None when this interpreter can run the server; else why not, for a pytest skip or fail.
 
     It imports the server in a child process, not here: the native library is compiled for
-    the CPU it was built on, and a wheel from another machine dies with SIGILL on import,
-    which would take the whole test session with it. Cached: it costs about a second.
+    the CPU it was built on, and a wheel from another machine can die with SIGILL, which
+    would take the whole test session with it. Cached: it costs about half a second.
     """
     code = ("import sys, llama_cpp, llama_cpp.server.app, uvicorn; "
             "sys.stdout.write(llama_cpp.__version__)")
@@ -184,15 +187,26 @@ class LlamaServer:
             except (OSError, ValueError, KeyError, IndexError):  # not listening yet
                 pass
             else:
+                self._check_identity()
                 if self.warmup:
                     self._warm_up()
                 self.ready_s = time.monotonic() - t0
                 return
             if time.monotonic() > deadline:
                 self.kill()
-                raise LlamaServerError(f"llama_cpp.server was not ready after {self.ready_timeout:.0f} s"
+                raise LlamaServerError(f"llama_cpp.server was not ready after {self.ready_timeout:g} s"
                                        f" (log: {self.log_path}):\n{self.log_tail()}")
             time.sleep(0.1)
+
+    def _check_identity(self) -> None:
+        """The answer came from our child, not from another server that holds the port."""
+        args = list(self.extra_args)
+        expected = args[args.index("--model_alias") + 1] if "--model_alias" in args[:-1] else str(self.gguf)
+        self._raise_if_dead("before it was ready")
+        if self.model_id != expected:
+            self.kill()
+            raise LlamaServerError(f"another server answers on {self.root} (it serves {self.model_id!r}, "
+                                   f"not {expected!r})")
 
     def _warm_up(self) -> None:
         """One token after a prompt of a dozen tokens: the matrix kernels a test will use."""
@@ -247,8 +261,9 @@ class LlamaServer:
             self._signal_group(signal.SIGKILL)
         self.process.wait()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (uvicorn's graceful shutdown), then SIGKILL after `timeout` seconds."""
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout` seconds: uvicorn's graceful shutdown first
+        finishes every request it has accepted, queued ones included, which can take long."""
         if self.process is None:
             return
         if self.process.poll() is None:

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..registry import take
-from ..spec import ModelSpec
+from ..spec import ModelSpec, take
 
-LOCAL_OPTIONS = frozenset({"device", "dtype", "batch_tokens", "batch_size", "max_length"})
+from ..local.weights import LOCAL_OPTIONS
 
 
 class EmbeddedProvider:
@@ -24,7 +23,7 @@ class EmbeddedProvider:
         return load_embedded_scorer(**take(spec, settings, "device", "dtype", "batch_tokens", "share_prefix", "max_length"))
 
     def generator(self, spec: ModelSpec, **settings: Any) -> Any:
-        from ..hf.generator import load_embedded_generator
+        from .weights import load_embedded_generator
 
         _no_target(spec)
         return load_embedded_generator(**take(spec, settings, "device", "dtype", "batch_size", "max_length",

@@ -87,3 +87,12 @@ def load_embedded_scorer(**kw):
     path, digest = converted_checkpoint()
     identity = {"model": "SmolLM2-135M-Instruct", "source": GGUF_NAME, "gguf_sha256": digest}
     return load_hf_scorer(path, name="embedded", identity=identity, **kw)
+
+
+def load_embedded_generator(**kw):
+    """The bundled SmolLM2-135M-Instruct (its fp32 conversion in the user cache) as an `HFGenerator`."""
+    from ..hf.generator import load_hf_generator
+
+    path, digest = converted_checkpoint()
+    identity = {"model": "SmolLM2-135M-Instruct", "source": GGUF_NAME, "gguf_sha256": digest}
+    return load_hf_generator(path, name="embedded", identity=identity, **kw)

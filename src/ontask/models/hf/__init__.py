@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..embedded import LOCAL_OPTIONS
-from ..registry import take
-from ..spec import ModelSpec
+from ..local.weights import LOCAL_OPTIONS
+from ..spec import ModelSpec, take
 
 
 class HFProvider:

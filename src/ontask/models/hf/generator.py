@@ -560,12 +560,3 @@ def load_hf_generator(
     model, tokenizer = load_causal_lm(folder, device=device, dtype=dtype)
     ident = identity or {"model": str(folder.resolve()), **weights_identity(folder)}
     return HFGenerator(model, tokenizer, name=name or f"hf:{folder}", identity=ident, **kw)
-
-
-def load_embedded_generator(**kw: Any) -> HFGenerator:
-    """The bundled SmolLM2-135M-Instruct (its fp32 conversion in the user cache) as an `HFGenerator`."""
-    from ..embedded.weights import GGUF_NAME, converted_checkpoint
-
-    path, digest = converted_checkpoint()
-    identity = {"model": "SmolLM2-135M-Instruct", "source": GGUF_NAME, "gguf_sha256": digest}
-    return load_hf_generator(path, name="embedded", identity=identity, **kw)

@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..registry import take
-from ..spec import ModelSpec
+from ..spec import ModelSpec, take
 
 REMOTE_OPTIONS = frozenset({"base_url", "api_key_env", "template", "mode", "concurrency", "timeout", "max_retries",
                             "structured", "max_length"})

@@ -63,6 +63,10 @@ log = logging.getLogger(__name__)
 
 StructuredMode = Literal["auto", "response_format", "prompt"]
 STRUCTURED_MODES: tuple[str, ...] = ("auto", "response_format", "prompt")
+# How a JSON schema reaches the server, in the order "auto" tries them (see _send_structured).
+STRUCTURED_FORMS: tuple[str, ...] = ("response_format", "json_object", "prompt")
+# The statuses with which servers refuse a form: 400 (vLLM, most), 500 (llama-cpp-python).
+FORM_REFUSALS = (400, 500)
 TOP_LOGPROBS = 20  # the most OpenAI and vLLM (default max_logprobs) return
 
 
@@ -96,7 +100,8 @@ class OpenAIChatGenerator:
         self.max_reasks = max(0, int(max_reasks))
         self._api_key = resolve_api_key(api_key)
         # "auto" starts with response_format and may fall back to the prompt for good.
-        self._schema_in: Literal["response_format", "prompt"] = "prompt" if structured == "prompt" else "response_format"
+        self._schema_in: str = "prompt" if structured == "prompt" else "response_format"
+        self._form_confirmed = structured != "auto"  # auto: until a form is answered, refusals move to the next
         self._identity = {"backend": "openai-chat", "server_model": model,
                           "base_url": public_url(self.base_url), "structured": structured}
         self._fingerprint = fingerprint_of(self._identity)
@@ -112,7 +117,8 @@ class OpenAIChatGenerator:
 
     @property
     def schema_in(self) -> str:
-        """Where the schema goes now: "response_format", or "prompt" (configured, or after a fallback)."""
+        """Where the schema goes now: "response_format" (json_schema), "json_object" (with the
+        schema, llama.cpp's form) or "prompt" (configured, or after a fallback)."""
         return self._schema_in
 
     def describe(self) -> dict[str, Any]:
@@ -205,25 +211,56 @@ class OpenAIChatGenerator:
 
     async def _send_structured(self, call: "_Call", req: ChatRequest, messages: list[dict[str, str]],
                                tally: "_Tally") -> "_Reply":
+        """One structured answer, in the form this server takes.
+
+        Servers differ: OpenAI and vLLM take `response_format: json_schema`; llama.cpp's
+        servers answer that with HTTP 500 (llama-cpp-python) or 400 and take
+        `{"type": "json_object", "schema": ...}` instead; others take neither. In "auto",
+        until a form has worked, each form is tried once without retries (a refusal is not
+        a fault to retry) and the next one on a 4xx/5xx refusal: json_schema, json_object
+        with the schema, then the schema in the prompt. The first form that is answered is
+        kept for the rest of the generator's life."""
         model = req.response_model
         assert model is not None
-        if self._schema_in == "prompt":
-            return await self._send(call, self._body(req, _with_instruction(messages, _schema_instruction(model))), tally)
-        body = self._body(req, messages, response_format=_response_format(model))
-        try:
-            return await self._send(call, body, tally)
-        except _Failure as exc:
-            if self.structured != "auto" or exc.status != 400:
-                raise
-            first = exc.reason
-        # A 400 in "auto": try the same request with the schema in the prompt. If that is
-        # answered, the server rejects response_format: stop sending it.
-        reply = await self._send(call, self._body(req, _with_instruction(messages, _schema_instruction(model))), tally)
-        if self._schema_in != "prompt":
-            log.warning("%s rejected response_format (%s); putting the JSON schema in the prompt from now on",
-                        public_url(self.base_url), self._scrub(first))
-            self._schema_in = "prompt"
-        return reply
+        if self.structured != "auto" or self._form_confirmed:
+            return await self._send(call, self._structured_body(self._schema_in, req, messages), tally)
+        forms = STRUCTURED_FORMS[STRUCTURED_FORMS.index(self._schema_in):]
+        refusals: list[str] = []
+        started = tally.attempts
+        for form in forms:
+            body = self._structured_body(form, req, messages)
+            if form == "prompt":  # the probes spent part of the request's attempts
+                left = max(1, self.retry.max_attempts - (tally.attempts - started))
+                reply = await self._send(call, body, tally, self.retry.model_copy(update={"max_attempts": left}), started)
+            else:
+                try:
+                    reply = await self._attempt(call, body, tally)  # once: a refusal moves to the next form
+                except _Failure as exc:
+                    if exc.status not in FORM_REFUSALS:
+                        if not exc.retryable:
+                            raise
+                        # not about the form: retry as usual, the probes counted as attempts
+                        left = max(1, self.retry.max_attempts - (tally.attempts - started))
+                        return await self._send(call, body, tally, self.retry.model_copy(update={"max_attempts": left}),
+                                                started)
+                    refusals.append(f"{form}: {self._scrub(exc.reason)}")
+                    continue
+            if form != self._schema_in or not self._form_confirmed:
+                if refusals:
+                    log.warning("%s refused %s; sending JSON schemas as %s from now on", public_url(self.base_url),
+                                "; ".join(refusals), form)
+                self._schema_in, self._form_confirmed = form, True
+            return reply
+        raise AssertionError("unreachable: the prompt form is always tried last")
+
+    def _structured_body(self, form: str, req: ChatRequest, messages: list[dict[str, str]]) -> dict[str, Any]:
+        model = req.response_model
+        assert model is not None
+        if form == "prompt":
+            return self._body(req, _with_instruction(messages, _schema_instruction(model)))
+        if form == "json_object":
+            return self._body(req, messages, response_format={"type": "json_object", "schema": _schema_of(model)})
+        return self._body(req, messages, response_format=_response_format(model))
 
     def _body(self, req: ChatRequest, messages: Sequence[dict[str, str]], **extra: Any) -> dict[str, Any]:
         return {"model": self.model, "messages": list(messages), "max_tokens": req.max_tokens,
@@ -246,10 +283,12 @@ class OpenAIChatGenerator:
         return ChoiceResult(probs, mass, usage=tally.usage())
 
     # -- HTTP ---------------------------------------------------------------------------
-    async def _send(self, call: "_Call", body: dict[str, Any], tally: "_Tally") -> "_Reply":
-        """One chat completion, retried by the policy; raises `_Failure` when it gives up."""
-        retry_loop = retrying(self.retry)
-        before = tally.attempts
+    async def _send(self, call: "_Call", body: dict[str, Any], tally: "_Tally", policy: RetryPolicy | None = None,
+                    before: int | None = None) -> "_Reply":
+        """One chat completion, retried by the policy; raises `_Failure` when it gives up.
+        (`before`: the attempt count this request started from, when probes came first.)"""
+        retry_loop = retrying(policy or self.retry)
+        before = tally.attempts if before is None else before
         try:
             return await retry_loop(self._attempt, call, body, tally)
         except _Failure as exc:
@@ -270,6 +309,9 @@ class OpenAIChatGenerator:
                         status, content = response.status, await response.read()
                         response_headers = response.headers
             except TimeoutError:
+                # A server that queues requests (llama.cpp answers one at a time) times out
+                # instead of refusing: that is load too, so rate control backs off.
+                outcome = "rejected"
                 raise _Failure(f"no answer within the {self.timeout:g}s timeout", retryable=True) from None
             except aiohttp.ClientError as exc:  # refused, reset, disconnected, a torn body
                 raise _Failure(f"server unreachable at {public_url(self.base_url)}: {type(exc).__name__}: {exc}",

@@ -1,13 +1,18 @@
 """Scorer against an OpenAI-compatible server (vLLM, or any server with legacy completions).
 
-The server computes the log-probabilities; ontask renders the chat template itself
-(sandboxed Jinja, as transformers does) so that the prompt is known exactly, then finds
-the output tokens exactly, never by searching text:
+The server computes the log-probabilities; ontask renders the prompt itself so that it is
+known exactly, in the served model's own chat template: learned from the server (it
+applies its template to probe messages) unless given (`template=hf:PATH`, a .jinja file,
+or `chatml`); a server that cannot apply its template and was given none is refused, never
+scored through a guessed ChatML prompt. Then the output tokens are found exactly, never by
+searching text:
 
 - mode "echo" (portable): send prompt + output with `echo`, `logprobs`; the output tokens
   are those whose `text_offset` is at or after the end of the prompt. A token must start
   exactly there, otherwise the tokenizer merged across the boundary and the pass is an
-  error rather than a guess.
+  error rather than a guess. Where the echoed text is not the text sent (llama.cpp drops
+  special tokens from it), the output is located by the server's own token counts instead
+  (its tokenize endpoint: prompt ids must be a prefix of prompt+output ids).
 - mode "prompt_logprobs" (vLLM, exact for every text): tokenise locally with the model's
   tokenizer (`template="hf:PATH"` or `tokenizer=PATH`), split prompt/output tokens as the
   local scorer does, send the token ids and read vLLM's `prompt_logprobs`.
@@ -27,20 +32,17 @@ import hashlib
 import json
 import math
 import os
-from datetime import datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
-import jinja2
-import jinja2.ext
 import openai
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..transport.rate import RateControl, RateController, RateState, new_state
 from ..transport.retry import Failure, RetryPolicy, retry_after_seconds, retrying
 from ..base import PassError, PassOutcome, PassRequest, PassResult, fingerprint_of
 from ..transport.endpoint import public_url, resolve_api_key, resolve_base_url, run_sync
+from ..local.templates import SplicedTemplate, jinja_env, template_text
 from ..local.tokenized import split_pass
 
 MODES = ("echo", "prompt_logprobs")
@@ -84,8 +86,19 @@ class ServerScorer:
 
         tok_path = tokenizer or (template[3:] if template and template.startswith("hf:") else None)
         self._tokenizer = _load_tokenizer(tok_path) if tok_path else None
-        self._template_text, self._template_source = _template_text(template, self._tokenizer)
-        self._template = _jinja_env().from_string(self._template_text)
+        self._server_tokenize: str | None = None  # which tokenize endpoint this server has (found on first use)
+        self._prompt_ids: dict[str, list[int]] = {}  # server token ids of rendered prompts (bounded)
+        self._spliced: SplicedTemplate | None = None
+        self._template_problem: str | None = None  # the server could not be asked (yet): passes fail with this
+        if template in (None, "server"):
+            # The served model's own template, applied by the server to probe messages. A
+            # server that answers but cannot do it is refused now; one that cannot be reached
+            # (or fails) is asked again at the first pass.
+            template_digest = self._ensure_template()
+        else:
+            self._template_text, self._template_source = template_text(template, self._tokenizer)
+            self._template = jinja_env().from_string(self._template_text)
+            template_digest = hashlib.sha256(self._template_text.encode()).hexdigest()[:16]
         self._specials = dict(self._tokenizer.special_tokens_map) if self._tokenizer is not None else {}
         self.render_prompt = functools.lru_cache(maxsize=8192)(self._render)  # type: ignore[method-assign]
         if mode == "prompt_logprobs" and self._tokenizer is None:
@@ -95,7 +108,7 @@ class ServerScorer:
         self._identity: dict[str, Any] = {
             "server_model": model,
             "base_url": public_url(self.base_url),
-            "template": hashlib.sha256(self._template_text.encode()).hexdigest()[:16],
+            "template": template_digest,
             "mode": mode,
         }
         if mode == "prompt_logprobs":  # local token ids are sent, so the tokenizer is part of the result
@@ -115,18 +128,87 @@ class ServerScorer:
 
     # -- text ---------------------------------------------------------------------------
     def _render(self, user: str) -> str:
+        if self._template_problem is not None:
+            raise ValueError(self._template_problem)
+        if self._spliced is not None:
+            return self._spliced.render(user)
         return self._template.render(messages=[{"role": "user", "content": user}], add_generation_prompt=True, **self._specials)
+
+    def _ensure_template(self) -> str:
+        """Learn the server's template if not yet known; its digest (or "unknown" while the
+        server cannot be asked, `_template_problem` saying why)."""
+        if self._spliced is None:
+            try:
+                self._spliced, self._template_source = self._learn_server_template()
+                self._template_problem = None
+            except _Unreachable as exc:
+                self._template_source, self._template_problem = "server (not reached yet)", str(exc)
+                return "unknown"
+            if hasattr(self, "_identity"):  # learned after construction: the identity changes with it
+                self._identity["template"] = self._spliced.digest()
+                self._fingerprint = fingerprint_of(self._identity)
+        return self._spliced.digest()
+
+    def _learn_server_template(self) -> tuple[SplicedTemplate, str]:
+        """Have the server apply its model's chat template to probe messages: vLLM's
+        `POST /tokenize` with `messages` then `/detokenize`, or llama.cpp's `POST
+        /apply-template`. A server with neither (llama-cpp-python) is refused with the ways to
+        give the template: never a guessed (ChatML) prompt."""
+        client = self._client()
+        root = self._root()
+        tried = []
+
+        def vllm(content: str) -> str:
+            messages = [{"role": "user", "content": content}]
+            ids = client.post(f"{root}/tokenize", cast_to=object, body={
+                "model": self.model, "messages": messages, "add_generation_prompt": True, "add_special_tokens": False})
+            return str(client.post(f"{root}/detokenize", cast_to=object,
+                                   body={"model": self.model, "tokens": ids["tokens"]})["prompt"])  # type: ignore[index]
+
+        def llama_cpp(content: str) -> str:
+            out = client.post(f"{root}/apply-template", cast_to=object,
+                              body={"messages": [{"role": "user", "content": content}]})
+            return str(out["prompt"])  # type: ignore[index]
+
+        for name, render in (("POST /tokenize with messages + /detokenize", vllm), ("POST /apply-template", llama_cpp)):
+            try:
+                return SplicedTemplate.learn(render), f"server:{name.split()[1]}"
+            except openai.APIConnectionError as exc:
+                raise _Unreachable(f"server unreachable at {public_url(self.base_url)} (asking for its chat template): "
+                                   f"{exc}") from None
+            except openai.InternalServerError as exc:
+                raise _Unreachable(f"server error {exc.status_code} asking for its chat template: {_reason(exc)}") from None
+            except (openai.APIStatusError, KeyError, TypeError) as exc:
+                tried.append(f"{name}: {_reason(exc) if isinstance(exc, openai.APIStatusError) else 'unexpected answer'}")
+            except ValueError as exc:
+                tried.append(f"{name}: {exc}")
+        raise ValueError(
+            f"openai:{self.model}: the server at {public_url(self.base_url)} cannot apply its chat template for ontask "
+            f"({'; '.join(tried)}), and scoring needs the served model's own template. Give it with the template "
+            "option: template=hf:PATH (a local copy of the model's tokenizer folder), template=FILE.jinja, or "
+            "template=chatml if the model really is ChatML (e.g. --model-option scorer.template=hf:/models/x)")
+
+    def _client(self) -> openai.OpenAI:
+        if self._sync_client is None:
+            self._sync_client = openai.OpenAI(base_url=self.base_url, api_key=self._api_key,
+                                              timeout=self.timeout, max_retries=self.max_retries)
+        return self._sync_client
+
+    def _root(self) -> str:
+        """The server's root: tokenize and template endpoints live beside /v1 (`_root() + path`
+        keeps a query string the base URL carries, e.g. a key for a gateway, after the path)."""
+        parts = urlsplit(self.base_url)
+        path = parts.path.rstrip("/")
+        path = path[: -len("/v1")] if path.endswith("/v1") else path
+        return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
     def count_tokens(self, text: str) -> int:
         if self._tokenizer is not None:
             return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
-        if self._sync_client is None:
-            self._sync_client = openai.OpenAI(base_url=self.base_url, api_key=self._api_key,
-                                              timeout=self.timeout, max_retries=self.max_retries)
-        root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+        root = self._root()
         body = {"model": self.model, "prompt": text, "add_special_tokens": False}
         try:
-            data = self._sync_client.post(f"{root}/tokenize", cast_to=object, body=body)
+            data = self._client().post(f"{root}/tokenize", cast_to=object, body=body)
         except openai.NotFoundError as exc:
             raise NotImplementedError(
                 f"{public_url(root)}/tokenize is not available ({_reason(exc)}); give the model's tokenizer "
@@ -141,6 +223,10 @@ class ServerScorer:
     def score(self, requests: Sequence[PassRequest]) -> list[PassOutcome]:
         if not requests:
             return []
+        if self._template_problem is not None:
+            self._ensure_template()
+            if self._template_problem is not None:  # still unreachable: every pass fails with the reason
+                return [PassError(self._template_problem) for _ in requests]
         return run_sync(lambda: self._score_all(list(requests)))
 
     async def _score_all(self, requests: list[PassRequest]) -> list[PassOutcome]:
@@ -182,6 +268,9 @@ class ServerScorer:
                 outcome, retry_after = "rejected", wait
             raise Failure(reason, status, retryable=retryable, retry_after=wait) from None
         except openai.APITimeoutError:
+            # A server that queues requests (llama.cpp works one at a time) times out instead
+            # of refusing: that is load too, so rate control backs off.
+            outcome = "rejected"
             raise Failure(f"server timeout after {self.timeout}s", retryable=True) from None
         except openai.APIConnectionError as exc:
             raise Failure(f"server unreachable at {public_url(self.base_url)}: {exc}", retryable=True) from None
@@ -206,23 +295,84 @@ class ServerScorer:
         if n is None:
             n = sum(1 for off in lp.text_offset if off < len(full))
         offsets, tokens, logprobs = lp.text_offset[:n], lp.tokens[:n], lp.token_logprobs[:n]
-        if "".join(tokens) != full and all(b - a == len(t) for a, b, t in zip(offsets, offsets[1:], tokens)):
-            # Offsets counted from tokens decoded one by one (vLLM) drift when a token is part of a
-            # character; only an offset mapping is exact then.
-            return PassError("server text offsets are inexact for this text (tokens split characters); "
-                             "use mode prompt_logprobs with the model's tokenizer")
+        if "".join(tokens) != full:
+            # The echo is not the text sent: special tokens dropped (llama.cpp renders
+            # <|im_start|> as ""), or tokens that split characters (vLLM's per-token decode).
+            # Offsets into that text cannot place the boundary; the server's token counts can.
+            return await self._locate_by_count(client, prompt, full, n, logprobs)
         if len(prompt) not in offsets:
             return PassError("prompt/output boundary splits a token (the tokenizer merges across it); "
                              "use mode prompt_logprobs with the model's tokenizer")
         k = offsets.index(len(prompt))
         picked = [logprobs[i] for i, off in enumerate(offsets) if len(prompt) <= off < len(full)]
+        return self._result(picked, k, n)
+
+    def _result(self, picked: list[Any], n_prompt: int, n_total: int) -> PassOutcome:
         if not picked:
             return PassError("output has no tokens")
         if any(v is None or not math.isfinite(v) for v in picked):
             return PassError("server returned no finite log-prob for an output token")
-        if self.max_length and n > self.max_length:
-            return PassError(f"too long: {n} tokens > model maximum {self.max_length}")
-        return PassResult(math.fsum(picked), len(picked), k)
+        if self.max_length and n_total > self.max_length:
+            return PassError(f"too long: {n_total} tokens > model maximum {self.max_length}")
+        return PassResult(math.fsum(picked), len(picked), n_prompt)
+
+    async def _locate_by_count(self, client: openai.AsyncOpenAI, prompt: str, full: str, n_echoed: int,
+                               logprobs: list[Any]) -> PassOutcome:
+        """The output's tokens located exactly by the server's own tokenisation: the prompt's
+        ids must be a prefix of prompt+output's (else the tokenizer merges across the
+        boundary and the pass is an error, not a guess), and the echo must hold as many
+        tokens as the server's tokenisation of the full text."""
+        prompt_ids = self._prompt_ids.get(prompt)
+        if prompt_ids is None:
+            prompt_ids = await self._tokenize(client, prompt)
+            if isinstance(prompt_ids, PassError):
+                return prompt_ids
+            if len(self._prompt_ids) > 4096:
+                self._prompt_ids.clear()
+            self._prompt_ids[prompt] = prompt_ids
+        full_ids = await self._tokenize(client, full)
+        if isinstance(full_ids, PassError):
+            return full_ids
+        k = len(prompt_ids)
+        if full_ids[:k] != prompt_ids:
+            return PassError("prompt/output boundary splits a token (the tokenizer merges across it); "
+                             "use mode prompt_logprobs with the model's tokenizer")
+        if n_echoed != len(full_ids):
+            return PassError(f"the server echoed {n_echoed} tokens but tokenises the text as {len(full_ids)}")
+        return self._result(list(logprobs[k:len(full_ids)]), k, len(full_ids))
+
+    async def _tokenize(self, client: openai.AsyncOpenAI, text: str) -> list[int] | PassError:
+        """Token ids as the server's completions endpoint sees `text` (special tokens parsed,
+        BOS as it adds it): vLLM's `/tokenize`, llama-cpp-python's `/extras/tokenize`, or
+        llama.cpp's `/tokenize` (`content`), whichever the server has (found once)."""
+        root = self._root()
+        forms = {
+            "vllm": (f"{root}/tokenize", {"model": self.model, "prompt": text}),
+            "llama-cpp-python": (f"{root}/extras/tokenize", {"model": self.model, "input": text}),
+            "llama.cpp": (f"{root}/tokenize", {"content": text, "add_special": True, "parse_special": True}),
+        }
+        order = [self._server_tokenize] if self._server_tokenize else list(forms)
+        problems = []
+        for kind in order:
+            url, body = forms[kind]
+            try:
+                data = await client.post(url, cast_to=object, body=body)
+                ids = data["tokens"]  # type: ignore[index]
+                if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+                    raise TypeError("tokens is not a list of ids")
+            except openai.APIStatusError as exc:
+                if exc.status_code in (429, 503) or exc.status_code >= 500:
+                    raise  # load or a fault: the retry policy and rate control handle it
+                problems.append(f"{kind}: {_reason(exc)}")
+                continue
+            except (KeyError, TypeError) as exc:
+                problems.append(f"{kind}: unexpected answer ({exc})")
+                continue
+            self._server_tokenize = kind
+            return list(ids)
+        return PassError("the server echoes a text other than the one sent and has no tokenize endpoint to "
+                         f"locate the output by ({'; '.join(problems)}); use mode prompt_logprobs with the "
+                         "model's tokenizer")
 
     async def _prompt_logprobs(self, client: openai.AsyncOpenAI, req: PassRequest) -> PassOutcome:
         enc = self.encode(req)
@@ -260,8 +410,9 @@ def load_server_scorer(
     timeout: float = 60.0,
     **kw: Any,
 ) -> ServerScorer:
-    """`openai:MODEL` at `base_url`. `template`: a Jinja file, `hf:PATH` (a local tokenizer
-    folder's chat template, which also gives a local tokenizer), or None for bundled ChatML."""
+    """`openai:MODEL` at `base_url`. `template`: None or "server" (the server applies its
+    own, learned from probes), `hf:PATH` (a local tokenizer folder's chat template, which also
+    gives a local tokenizer), a .jinja file, or "chatml" (the bundled ChatML)."""
     return ServerScorer(model, base_url=base_url, template=template, concurrency=concurrency, mode=mode,
                         max_length=max_length, timeout=timeout, **kw)
 
@@ -273,50 +424,6 @@ def _load_tokenizer(path: str | os.PathLike) -> Any:
     if not Path(path).is_dir():
         raise FileNotFoundError(f"tokenizer folder not found: {path} (ontask never downloads models)")
     return AutoTokenizer.from_pretrained(path)
-
-
-def _template_text(template: str | None, tokenizer: Any) -> tuple[str, str]:
-    """The chat template's text and where it came from."""
-    if template is None:
-        return resources.files("ontask").joinpath("templates/chatml.jinja").read_text(encoding="utf-8"), "bundled:chatml.jinja"
-    if template.startswith("hf:"):
-        text = tokenizer.chat_template
-        if isinstance(text, dict):  # named templates: the default one
-            text = text.get("default")
-        if not text:
-            raise ValueError(f"{template[3:]}: the tokenizer has no chat_template")
-        return text, template
-    path = Path(template)
-    if not path.is_file():
-        raise FileNotFoundError(f"chat template file not found: {template} (give a .jinja file or hf:PATH)")
-    return path.read_text(encoding="utf-8"), str(path)
-
-
-class _Generation(jinja2.ext.Extension):
-    """Accept `{% generation %}...{% endgeneration %}` (transformers' assistant mask markers)."""
-
-    tags = {"generation"}
-
-    def parse(self, parser: Any) -> Any:
-        next(parser.stream)
-        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
-
-
-def _jinja_env() -> ImmutableSandboxedEnvironment:
-    """The environment transformers renders chat templates in (sandboxed, trimmed blocks)."""
-
-    def raise_exception(message: str) -> None:
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False) -> str:
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[_Generation, jinja2.ext.loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env
 
 
 def _tokenizer_hash(tokenizer: Any) -> str:
@@ -335,3 +442,7 @@ def _reason(exc: openai.APIStatusError) -> str:
         if msg:
             return str(msg)[:500]
     return (str(body) if body else exc.message)[:500]
+
+
+class _Unreachable(Exception):
+    """The server could not be asked for its chat template (connection, 5xx): try again later."""

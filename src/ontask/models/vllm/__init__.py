@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..registry import take
-from ..spec import ModelSpec
+from ..spec import ModelSpec, take
 
 # vLLM's names for the spec's dtypes
 VLLM_DTYPES = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
