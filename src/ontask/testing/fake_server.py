@@ -220,6 +220,7 @@ class FakeServer:
             except ValueError:
                 body = None
             entry = self._received(request.path, body)
+            entry["headers"] = {"Authorization": request.headers.get("Authorization")}  # which key reached us
             reply: _Reply | None = None
             try:
                 reply = await self._answer(body, answer, entry)
@@ -293,7 +294,7 @@ class FakeServer:
                 entry["status"], entry["answered"] = reply.status, time.time()
                 entry["fault"] = reply.fault or entry["fault"]
             if self._log_file is not None:
-                self._log_file.write(json.dumps(entry, default=str) + "\n")
+                self._log_file.write(json.dumps({k: v for k, v in entry.items() if k != "headers"}, default=str) + "\n")
                 self._log_file.flush()
 
     # -- handlers -----------------------------------------------------------------------
