@@ -22,6 +22,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/ensure-chromium.sh
+	# llama-cpp-python's server, a real third-party server for the tests (compiled once per CPU, cached)
+	bash scripts/ensure-llama-cpp.sh $(BIN)/python
+	# the architecture: layers import only those below them (contracts in pyproject.toml)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

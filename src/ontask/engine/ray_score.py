@@ -124,8 +124,9 @@ class ChunkScorer:
         if not Path(cache_path).exists():
             raise RuntimeError(f"the cache {cache_path} is not on this Ray node; put --cache on a filesystem "
                                "every node sees")
-        scorer = load_scorer(config.scorer, batch_tokens=config.batch_tokens, share_prefix=config.share_prefix,
-                             base_url=config.base_url)
+        # the full spec (device auto: the GPU Ray reserved for this actor, when it has one)
+        scorer = load_scorer(config.spec_for("scorer"), batch_tokens=config.batch_tokens,
+                             share_prefix=config.share_prefix)
         self.job = Scoring(config, scorer, ResultCache(cache_path))
         self.job.pool, self.job.hard, self.job.variant_sets = pickle.loads(ray.get(context[0]))
         self.described = scorer.describe()
