@@ -130,15 +130,15 @@ class HFScorer(TokenizingScorer):
             owner.extend([b] * n)
         h = hidden[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)]
         tgt = torch.tensor(targets, device=self.device)
-        token_lp = torch.empty(len(targets), dtype=torch.float64)
+        token_lp = torch.empty(len(targets), dtype=torch.float64, device=self.device)  # one copy back, at the end
         for a in range(0, len(targets), 1024):  # bound the [positions x vocab] buffer
             logits = self._head(h[a : a + 1024]).float()
             if self._softcap:
                 logits = torch.tanh(logits / self._softcap) * self._softcap
-            token_lp[a : a + 1024] = _target_logprobs(logits, tgt[a : a + 1024]).cpu()
-        sums = torch.zeros(len(seqs), dtype=torch.float64).index_add_(
-            0, torch.tensor(owner), token_lp
-        )
+            token_lp[a : a + 1024] = _target_logprobs(logits, tgt[a : a + 1024])
+        sums = torch.zeros(len(seqs), dtype=torch.float64, device=self.device).index_add_(
+            0, torch.tensor(owner, device=self.device), token_lp
+        ).cpu()
         self.stats["batches"] += 1
         self.stats["passes"] += len(seqs)
         self.stats["tokens"] += sum(len(s) for s in seqs)

@@ -68,7 +68,11 @@ def load_causal_lm(path: Path, *, device: str | None = None, dtype: str | None =
     key = (str(folder), where, str(torch_dtype), stamp)
     with _LOCK:
         if key not in _LOADED:
-            _LOADED[key] = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(where).eval()
+            if where == "cpu":
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+            else:  # straight onto the GPU, not through a second copy in host memory
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, device_map=where)
+            _LOADED[key] = model.eval()
         model = _LOADED[key]
     # Each caller gets a tokenizer of its own (cheap to load): callers may set attributes on it.
     return model, AutoTokenizer.from_pretrained(path)
