@@ -160,6 +160,7 @@ class LlamaServer:
                 self._wait_ready()
                 return
             except LlamaServerError:
+                self.kill()  # whatever state it is in: a failed start leaves no process behind
                 if self._fixed_port or attempt == 2 or "address already in use" not in self.log_tail().lower():
                     raise
                 self.port = free_port()  # lost the race for the port to another process

@@ -295,11 +295,16 @@ class ServerScorer:
         if n is None:
             n = sum(1 for off in lp.text_offset if off < len(full))
         offsets, tokens, logprobs = lp.text_offset[:n], lp.tokens[:n], lp.token_logprobs[:n]
-        if "".join(tokens) != full:
-            # The echo is not the text sent: special tokens dropped (llama.cpp renders
-            # <|im_start|> as ""), or tokens that split characters (vLLM's per-token decode).
-            # Offsets into that text cannot place the boundary; the server's token counts can.
-            return await self._locate_by_count(client, prompt, full, n, logprobs)
+        drifting = all(b - a == len(s) for a, b, s in zip(offsets, offsets[1:], tokens))
+        if "".join(tokens) != full and (drifting or len(prompt) not in offsets):
+            # The echo is not the text sent, and its offsets count the echoed pieces: special tokens dropped (llama-cpp-python leaves its
+            # BOS <|im_start|> out of the echo and renders <|im_end|> as ""), or tokens that
+            # split characters (vLLM's per-token decode). Offsets into that text cannot place
+            # the boundary; the server's token counts can.
+            generated = resp.usage.completion_tokens if resp.usage else 1
+            echoed = len(lp.token_logprobs) - generated
+            return await self._locate_by_count(client, req.output, prompt, full, lp.tokens[:echoed],
+                                               lp.token_logprobs[:echoed], resp.usage.prompt_tokens if resp.usage else None)
         if len(prompt) not in offsets:
             return PassError("prompt/output boundary splits a token (the tokenizer merges across it); "
                              "use mode prompt_logprobs with the model's tokenizer")
@@ -316,12 +321,13 @@ class ServerScorer:
             return PassError(f"too long: {n_total} tokens > model maximum {self.max_length}")
         return PassResult(math.fsum(picked), len(picked), n_prompt)
 
-    async def _locate_by_count(self, client: openai.AsyncOpenAI, prompt: str, full: str, n_echoed: int,
-                               logprobs: list[Any]) -> PassOutcome:
+    async def _locate_by_count(self, client: openai.AsyncOpenAI, output: str, prompt: str, full: str,
+                               tokens: list[str], logprobs: list[Any], n_full_server: int | None) -> PassOutcome:
         """The output's tokens located exactly by the server's own tokenisation: the prompt's
         ids must be a prefix of prompt+output's (else the tokenizer merges across the
-        boundary and the pass is an error, not a guess), and the echo must hold as many
-        tokens as the server's tokenisation of the full text."""
+        boundary and the pass is an error, not a guess); the output's tokens are then the last
+        len(full) - len(prompt) echoed tokens (a server may leave special tokens of the
+        prompt out of its echo, never ordinary ones), and their texts must spell the output."""
         prompt_ids = self._prompt_ids.get(prompt)
         if prompt_ids is None:
             prompt_ids = await self._tokenize(client, prompt)
@@ -337,9 +343,13 @@ class ServerScorer:
         if full_ids[:k] != prompt_ids:
             return PassError("prompt/output boundary splits a token (the tokenizer merges across it); "
                              "use mode prompt_logprobs with the model's tokenizer")
-        if n_echoed != len(full_ids):
-            return PassError(f"the server echoed {n_echoed} tokens but tokenises the text as {len(full_ids)}")
-        return self._result(list(logprobs[k:len(full_ids)]), k, len(full_ids))
+        if n_full_server is not None and n_full_server != len(full_ids):
+            return PassError(f"the server counted {n_full_server} prompt tokens but tokenises the text as {len(full_ids)}")
+        n_out = len(full_ids) - k
+        if n_out > len(tokens) or "" in tokens[len(tokens) - n_out:]:  # a special token rendered as "" in the output
+            return PassError("the output holds special tokens the server leaves out of its echo; "
+                             "use mode prompt_logprobs with the model's tokenizer")
+        return self._result(list(logprobs[len(tokens) - n_out:]), k, len(full_ids))
 
     async def _tokenize(self, client: openai.AsyncOpenAI, text: str) -> list[int] | PassError:
         """Token ids as the server's completions endpoint sees `text` (special tokens parsed,
