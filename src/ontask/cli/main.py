@@ -4,7 +4,6 @@ Each command validates its settings before loading a model."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Optional

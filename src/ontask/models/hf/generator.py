@@ -30,9 +30,9 @@ PreTrainedTokenizerBase from its transformers 4 location, measured with a shim;
 None pulls another torch build. On a model this small the per-token cost of the mask is
 lost in the forward pass; what separates them is validity on the random model (which
 checks that the grammar alone forces a valid, finite answer) and the install footprint.
-llguidance wins both. It has no transformers integration of its own, so `_RowControl`
+llguidance wins both. It has no transformers integration of its own, so `RowControl`
 below is the logits processor. JSON Schema leaves objects open to extra keys, so schemas
-are closed first (`_closed`). Every constrained answer is still validated with
+are closed first (`closed_schema`, in `models/local/grammar.py` with the rest of it). Every constrained answer is still validated with
 `parse_structured`, since a grammar does not check everything pydantic does, and an
 answer cut off at `max_tokens` is a `GenError`, never a partial object.
 
@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -58,8 +57,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
-from pydantic import BaseModel
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessorList
 
 from ..base import (
     ChatOutcome,
@@ -75,14 +73,13 @@ from ..base import (
     generation_fingerprint_of as fingerprint_of,
 )
 from ..structured import StructuredError, parse_structured
+from ..local.grammar import Constraints, RowControl, quote
 from ..local.prompts import ChatTemplatePrompts
 from ..local.weights import load_causal_lm, model_device
 
 log = logging.getLogger(__name__)
 
 MAX_THREADS = 8  # a 135M-1B model stops scaling well before this on CPU
-GRAMMAR_OPTIONS = {"whitespace_flexible": False, "lenient": True}  # compact JSON; unknown keywords ignored
-TEXT_IN_REASON = 120  # characters of a failed answer quoted in its GenError
 
 
 # -- set-up ------------------------------------------------------------------------------
@@ -143,7 +140,7 @@ class HFGenerator(ChatTemplatePrompts):
         self._stop_ids = _stop_ids(model, tokenizer)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._stop_ids[0]
         self._vocab = int(model.get_output_embeddings().weight.shape[0])
-        self._constraints: _Constraints | None = None
+        self._constraints: Constraints | None = None
         self._choice_cache: dict[tuple[str, ...], tuple[int, ...]] = {}
         # Applied to free-text answers only (a JSON answer's grammar already bounds it):
         # small models loop on greedy decoding, and a mild penalty (1.1-1.3) stops that.
@@ -239,7 +236,7 @@ class HFGenerator(ChatTemplatePrompts):
             ids[b, width - len(p.ids):] = torch.tensor(p.ids)
             mask[b, width - len(p.ids):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        control = _RowControl(
+        control = RowControl(
             prompt_width=width,
             budgets=[p.budget for p in batch],
             temperatures=[r.temperature for r in reqs],
@@ -249,7 +246,7 @@ class HFGenerator(ChatTemplatePrompts):
         )
         config = GenerationConfig(
             max_new_tokens=max(p.budget for p in batch),
-            do_sample=False,  # _RowControl samples itself where temperature > 0
+            do_sample=False,  # RowControl samples itself where temperature > 0
             num_beams=1,
             eos_token_id=list(self._stop_ids),
             pad_token_id=self._pad_id,
@@ -268,7 +265,7 @@ class HFGenerator(ChatTemplatePrompts):
         new = out[:, width:].tolist()
         return [self._chat_outcome(r, p, row, control, b) for b, (r, p, row) in enumerate(zip(reqs, batch, new, strict=True))]
 
-    def _chat_outcome(self, req: ChatRequest, prompt: _Prompt, row: list[int], control: _RowControl, b: int) -> ChatOutcome:
+    def _chat_outcome(self, req: ChatRequest, prompt: _Prompt, row: list[int], control: RowControl, b: int) -> ChatOutcome:
         stop_at = next((k for k, t in enumerate(row) if t in self._stop_ids), None)
         forced = control.forced_stop[b]
         content = row[: stop_at if stop_at is not None else prompt.budget]
@@ -280,7 +277,7 @@ class HFGenerator(ChatTemplatePrompts):
         if not natural_stop and req.response_model is not None:
             where = (f"max_tokens={req.max_tokens}" if prompt.budget == req.max_tokens
                      else f"the context limit ({self.max_length} tokens, {prompt.budget} left for the answer)")
-            return GenError(f"truncated at {where}: {_quote(text)}", usage=usage)
+            return GenError(f"truncated at {where}: {quote(text)}", usage=usage)
         if req.response_model is None:
             if not text.strip():
                 return GenError("empty answer", usage=usage)
@@ -288,12 +285,12 @@ class HFGenerator(ChatTemplatePrompts):
         try:
             data, repaired = parse_structured(text, req.response_model)
         except StructuredError as exc:
-            return GenError(f"invalid {req.response_model.__name__}: {exc}: {_quote(text)}", usage=usage)
+            return GenError(f"invalid {req.response_model.__name__}: {exc}: {quote(text)}", usage=usage)
         return ChatResult(text, data=data, usage=usage, repaired=repaired)
 
-    def _get_constraints(self) -> _Constraints:
+    def _get_constraints(self) -> Constraints:
         if self._constraints is None:
-            self._constraints = _Constraints(self.tokenizer, self._vocab, self._stop_ids)
+            self._constraints = Constraints(self.tokenizer, self._vocab, self._stop_ids)
         return self._constraints
 
     # -- choice probabilities ------------------------------------------------------------
@@ -395,154 +392,6 @@ def _stop_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
     if not ids:
         raise ValueError("the tokenizer and the model name no end-of-sequence token")
     return tuple(ids)
-
-
-def _quote(text: str) -> str:
-    return repr(text if len(text) <= TEXT_IN_REASON else text[:TEXT_IN_REASON] + "...")
-
-
-# -- constrained decoding ----------------------------------------------------------------
-class _Constraints:
-    """llguidance state shared by all calls: the tokenizer's token table and compiled grammars."""
-
-    def __init__(self, tokenizer: Any, vocab: int, stop_ids: tuple[int, ...]) -> None:
-        import llguidance
-        import llguidance.hf
-
-        self._ll = llguidance
-        try:
-            self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab, eos_token=list(stop_ids))
-        except ValueError as exc:  # slow (Python-only) tokenizers are not supported
-            raise ValueError(f"constrained decoding needs a fast tokenizer: {exc}") from None
-        self.vocab = vocab
-        self._grammars: dict[type[BaseModel], str] = {}
-
-    def grammar(self, model: type[BaseModel]) -> str:
-        if model not in self._grammars:
-            schema = _closed(model.model_json_schema())
-            grammar = self._ll.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults=GRAMMAR_OPTIONS)
-            is_error, messages = self._ll.LLMatcher.validate_grammar_with_warnings(grammar, self.tokenizer)
-            if is_error:
-                raise ValueError(f"cannot constrain decoding to {model.__name__}'s JSON schema: {messages[0]}")
-            for message in messages:  # keywords the grammar ignores; parse_structured still checks them
-                log.warning("%s: %s", model.__name__, message)
-            self._grammars[model] = grammar
-        return self._grammars[model]
-
-    def matchers(self, model: type[BaseModel], n: int) -> list[Any]:
-        grammar = self.grammar(model)
-        return [self._ll.LLMatcher(self.tokenizer, grammar) for _ in range(n)]
-
-
-class _RowControl(LogitsProcessor):
-    """Per-row decoding control inside `model.generate` (which runs greedy):
-
-    - constrained rows: logits outside the grammar's next-token set become -inf;
-    - rows at their own budget (the context ends before max_tokens): forced to stop;
-    - temperature > 0: the row's token is sampled here from the row's own seeded generator
-      and every other logit set to -inf, so generate's argmax picks the sample.
-    Rows that already stopped are left alone (generate pads them).
-    """
-
-    def __init__(
-        self,
-        *,
-        prompt_width: int,
-        budgets: list[int],
-        temperatures: list[float],
-        seeds: list[int],
-        matchers: list[Any] | None,
-        stop_ids: tuple[int, ...],
-    ) -> None:
-        self.prompt_width = prompt_width
-        self.budgets = budgets
-        self.temperatures = temperatures
-        self.matchers = matchers
-        self.stop_ids = frozenset(stop_ids)
-        self.stop_id = stop_ids[0]  # the one forced when a row must stop
-        n = len(budgets)
-        self.done = [False] * n
-        self.forced_stop = [False] * n
-        self.errors: list[str] = [""] * n
-        self.generators = [
-            torch.Generator().manual_seed(int(s)) if t > 0 else None for s, t in zip(seeds, temperatures, strict=True)
-        ]
-        self._bitmask: Any = None  # numpy int32 [rows, ceil(vocab / 32)], reused every step
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        step = input_ids.shape[1] - self.prompt_width
-        if step > 0:
-            self._advance(input_ids[:, -1].tolist())
-        if self.matchers is not None:
-            scores = self._mask(scores)
-        for b in range(len(self.done)):
-            if self.done[b]:
-                continue
-            if step >= self.budgets[b] or self.errors[b]:
-                self.forced_stop[b] = True
-                scores[b] = _only(scores[b], self.stop_id)
-            elif self.generators[b] is not None:
-                probs = torch.softmax(scores[b].float() / self.temperatures[b], dim=-1)
-                token = int(torch.multinomial(probs.cpu(), 1, generator=self.generators[b]))
-                scores[b] = _only(scores[b], token)
-        return scores
-
-    def _advance(self, last_tokens: list[int]) -> None:
-        """Feed each live row's last token to its matcher; a stop token ends the row."""
-        for b, token in enumerate(last_tokens):
-            if self.done[b]:
-                continue
-            if self.forced_stop[b] or token in self.stop_ids:
-                self.done[b] = True
-                continue
-            matcher = self.matchers[b] if self.matchers is not None else None
-            if matcher is not None and not self.errors[b] and not matcher.consume_token(token):
-                self.errors[b] = matcher.get_error() or f"token {token} rejected by the grammar"
-
-    def _mask(self, scores: torch.FloatTensor) -> torch.FloatTensor:
-        # llguidance.numpy, not llguidance.torch: the latter imports torch's compiler stack
-        import llguidance.numpy
-
-        assert self.matchers is not None
-        if self._bitmask is None:
-            self._bitmask = llguidance.numpy.allocate_token_bitmask(scores.shape[0], scores.shape[1])
-        for b, matcher in enumerate(self.matchers):
-            if not self.done[b] and not self.errors[b]:
-                llguidance.numpy.fill_next_token_bitmask(matcher, self._bitmask, b)
-            else:
-                self._bitmask[b] = -1  # no constraint: the row is finished or being stopped
-        allowed = _unpack_bitmask(torch.from_numpy(self._bitmask), scores.shape[1]).to(scores.device)
-        return scores.masked_fill(~allowed, float("-inf"))
-
-
-def _closed(schema: Any) -> Any:
-    """`additionalProperties: false` on every object schema that does not say otherwise.
-
-    JSON Schema (and so llguidance) allows extra keys by default, and pydantic only says so
-    for models with extra="forbid". An open object lets the model append keys with
-    unbounded values after the declared ones, so answers need not end: close them.
-    """
-    if isinstance(schema, dict):
-        closed = {k: _closed(v) for k, v in schema.items()}
-        if schema.get("type") == "object" and isinstance(schema.get("properties"), dict):
-            closed.setdefault("additionalProperties", False)
-        return closed
-    if isinstance(schema, list):
-        return [_closed(v) for v in schema]
-    return schema
-
-
-def _unpack_bitmask(bitmask: torch.Tensor, width: int) -> torch.Tensor:
-    """llguidance's int32 bitmask [rows, ceil(width/32)] -> bool [rows, width] (bit k of word w = token 32w+k)."""
-    shifts = torch.arange(32, dtype=torch.int32)
-    bits = (bitmask.unsqueeze(-1) >> shifts) & 1
-    return bits.reshape(bitmask.shape[0], -1)[:, :width].bool()
-
-
-def _only(row: torch.Tensor, token: int) -> torch.Tensor:
-    forced = torch.full_like(row, float("-inf"))
-    forced[token] = 0.0
-    return forced
 
 
 # -- loading -----------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from ..base import (
     generation_fingerprint_of as fingerprint_of,
     renormalise_choices,
 )
-from ..hf.generator import _closed, _quote
+from ..local.grammar import closed_schema, quote
 from ..structured import StructuredError, parse_structured
 from ..local.prompts import ChatTemplatePrompts
 
@@ -75,7 +75,7 @@ def json_constraint_kwargs(schema: dict[str, Any], params_cls: type) -> dict[str
         accepted = set(inspect.signature(params_cls).parameters)
     except (TypeError, ValueError):
         accepted = set()
-    kw: dict[str, Any] = {"json": _closed(schema)}
+    kw: dict[str, Any] = {"json": closed_schema(schema)}
     if "disable_any_whitespace" in accepted:
         kw["disable_any_whitespace"] = True
     return kw
@@ -102,7 +102,7 @@ def chat_outcome(req: ChatRequest, text: str, finish_reason: str | None, n_promp
     """A vLLM `CompletionOutput` (text, finish_reason, token count) as a ChatResult or GenError."""
     usage = Usage(prompt_tokens=n_prompt, completion_tokens=n_completion)
     if finish_reason not in ("stop", "length"):
-        return GenError(f"vLLM ended the answer with finish_reason {finish_reason!r}: {_quote(text)}", usage=usage)
+        return GenError(f"vLLM ended the answer with finish_reason {finish_reason!r}: {quote(text)}", usage=usage)
     truncated = finish_reason == "length"
     if req.response_model is None:
         if not text.strip():
@@ -111,11 +111,11 @@ def chat_outcome(req: ChatRequest, text: str, finish_reason: str | None, n_promp
     if truncated:
         where = (f"max_tokens={req.max_tokens}" if budget == req.max_tokens
                  else f"the context limit ({max_length} tokens, {budget} left for the answer)")
-        return GenError(f"truncated at {where}: {_quote(text)}", usage=usage)
+        return GenError(f"truncated at {where}: {quote(text)}", usage=usage)
     try:
         data, repaired = parse_structured(text, req.response_model)
     except StructuredError as exc:
-        return GenError(f"invalid {req.response_model.__name__}: {exc}: {_quote(text)}", usage=usage)
+        return GenError(f"invalid {req.response_model.__name__}: {exc}: {quote(text)}", usage=usage)
     return ChatResult(text, data=data, usage=usage, repaired=repaired)
 
 
