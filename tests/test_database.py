@@ -245,7 +245,7 @@ def test_embedded_minilm_clusters_support_types_not_meetings():
 
 
 def test_near_pair_search_dense_and_faiss_paths_agree():
-    from ontask.tcia.database import _near_pairs
+    from ontask.tcia.database.cluster import _near_pairs
 
     rng = np.random.default_rng(0)
     base = rng.standard_normal((40, 32)).astype(np.float32)
