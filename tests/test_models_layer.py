@@ -12,8 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from ontask.cli.main import app
-from ontask.models import ModelSpec, PassRequest, PassResult, load_generator, load_scorer, register, unregister
+from ontask.models import ChatRequest, ModelSpec, PassRequest, PassResult, load_generator, load_scorer, register, unregister
 from ontask.models.hf.scorer import load_hf_scorer
+from ontask.models import ChatResult
 from ontask.models.openai.chat import OpenAIChatGenerator
 from ontask.models.openai.scorer import ServerScorer
 from ontask.testing.fake_server import FakeServer
@@ -122,27 +123,115 @@ def test_model_sets_every_role_and_role_flags_win():
         AugmentConfig(models={"judge": {"spec": "openai:j", "template": "chatml"}})  # a scoring option on a chat role
 
 
-def test_every_server_option_reaches_the_model(tiny_dir, monkeypatch, tmp_path):
-    template = tmp_path / "t.jinja"
-    template.write_text(OTHER_TEMPLATE)
+def _served(tiny_dir, **kw):
+    return FakeServer(model_dir=tiny_dir, **kw)
+
+
+def check_base_url(tiny_dir, tmp_path, monkeypatch):
+    with _served(tiny_dir) as srv:
+        s = load_scorer(dict(spec="openai:tiny", base_url=srv.base_url))
+        assert s.base_url == srv.base_url and isinstance(s.score([PassRequest("a", "b")])[0], PassResult)
+        assert srv.count() == 1
+
+
+def check_api_key_env(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("MY_KEY", "sk-from-my-variable")
-    with FakeServer(model_dir=tiny_dir) as srv:
-        spec = dict(spec="openai:tiny", base_url=srv.base_url, api_key_env="MY_KEY", template=str(template),
-                    mode="echo", concurrency=3, timeout=7.5, max_retries=4, max_length=512)
-        s = load_scorer(spec)
-        assert isinstance(s, ServerScorer)
-        assert (s.base_url, s.concurrency, s.timeout, s.max_retries, s.mode, s.max_length) == (
-            srv.base_url, 3, 7.5, 4, "echo", 512)
-        assert s.render_prompt("  hi ").startswith("<|begin|>system\nYou are helpful.") and "hi<|end|>" in s.render_prompt("hi")
-        assert s.score([PassRequest("hi", "there")])[0].n_output > 0
-        assert srv.requests[-1]["headers"]["Authorization"] == "Bearer sk-from-my-variable"
-        g = load_generator(dict(spec="openai:tiny", base_url=srv.base_url, api_key_env="MY_KEY", concurrency=5,
-                                timeout=9.0, max_retries=2, structured="prompt"))
-        assert isinstance(g, OpenAIChatGenerator)
-        assert (g.concurrency, g.timeout, g.retry.max_attempts, g.structured, g.schema_in) == (5, 9.0, 3, "prompt", "prompt")
+    with _served(tiny_dir) as srv:
+        load_scorer(dict(spec="openai:tiny", base_url=srv.base_url, api_key_env="MY_KEY")).score([PassRequest("a", "b")])
+        load_generator(dict(spec="openai:tiny", base_url=srv.base_url, api_key_env="MY_KEY")).chat(
+            [ChatRequest.of([{"role": "user", "content": "hi"}])])
+        assert {r["headers"]["Authorization"] for r in srv.requests} == {"Bearer sk-from-my-variable"}
     monkeypatch.delenv("MY_KEY")
     with pytest.raises(ValueError, match="MY_KEY"):
         load_scorer(dict(spec="openai:tiny", base_url="http://127.0.0.1:9/v1", api_key_env="MY_KEY", template="chatml"))
+
+
+def check_template(tiny_dir, tmp_path, monkeypatch):
+    template = tmp_path / "t.jinja"
+    template.write_text(OTHER_TEMPLATE)
+    with _served(tiny_dir) as srv:
+        s = load_scorer(dict(spec="openai:tiny", base_url=srv.base_url, template=str(template)))
+        s.score([PassRequest("  hi ", "there")])
+        sent = srv.requests[-1]["body"]["prompt"]
+    assert sent == "<|begin|>system\nYou are helpful.<|end|>\n<|begin|>user\nhi<|end|>\n<|begin|>assistant\nthere"
+
+
+def check_mode(tiny_dir, tmp_path, monkeypatch):
+    with _served(tiny_dir) as srv:
+        s = load_scorer(dict(spec="openai:tiny", base_url=srv.base_url, template=f"hf:{tiny_dir}", mode="prompt_logprobs"))
+        assert isinstance(s.score([PassRequest("a", "b")])[0], PassResult)
+        body = srv.requests[-1]["body"]
+    assert isinstance(body["prompt"], list) and body["prompt_logprobs"] == 1  # token ids, vLLM's prompt log-probs
+
+
+def check_concurrency(tiny_dir, tmp_path, monkeypatch):
+    with _served(tiny_dir, latency=0.05) as srv:
+        load_scorer(dict(spec="openai:tiny", base_url=srv.base_url, concurrency=2)).score(
+            [PassRequest(f"q{i}", "a") for i in range(8)])
+        assert srv.max_in_flight == 2
+
+
+def check_timeout(tiny_dir, tmp_path, monkeypatch):
+    with _served(tiny_dir, latency=1.0) as srv:
+        s = load_scorer(dict(spec="openai:tiny", base_url=srv.base_url, timeout=0.2, max_retries=0))
+        [res] = s.score([PassRequest("a", "b")])
+    assert s.timeout == 0.2 and "timeout after 0.2s" in res.reason
+
+
+def check_max_retries(tiny_dir, tmp_path, monkeypatch):
+    with _served(tiny_dir, fail_rate_500=1.0) as srv:
+        load_scorer(dict(spec="openai:tiny", base_url=srv.base_url, template="chatml", max_retries=2)).score(
+            [PassRequest("a", "b")])
+        assert srv.count() == 3
+
+
+def check_structured(tiny_dir, tmp_path, monkeypatch):
+    from pydantic import BaseModel
+
+    from ontask.models import ChatRequest
+
+    class Answer(BaseModel):
+        text: str
+
+    with FakeServer() as srv:
+        g = load_generator(dict(spec="openai:tiny", base_url=srv.base_url, structured="prompt"))
+        g.chat([ChatRequest.of([{"role": "user", "content": "hi"}], response_model=Answer)])
+        body = srv.requests[-1]["body"]
+    assert g.schema_in == "prompt" and "response_format" not in body and body["messages"][0]["role"] == "system"
+
+
+def check_max_length(tiny_dir, tmp_path, monkeypatch):
+    with _served(tiny_dir) as srv:
+        s = load_scorer(dict(spec="openai:tiny", base_url=srv.base_url, max_length=8))
+        [res] = s.score([PassRequest("a much longer question than eight tokens", "and its answer")])
+    assert "too long" in res.reason and "maximum 8" in res.reason
+
+
+@pytest.mark.parametrize("check", [check_base_url, check_api_key_env, check_template, check_mode, check_concurrency,
+                                   check_timeout, check_max_retries, check_structured, check_max_length],
+                         ids=lambda f: f.__name__.removeprefix("check_"))
+def test_every_server_option_reaches_the_model(check, tiny_dir, tmp_path, monkeypatch):
+    check(tiny_dir, tmp_path, monkeypatch)
+
+
+def test_timeouts_of_a_server_that_queues_make_rate_control_back_off():
+    """llama.cpp works one request at a time and lets the rest wait: they time out instead of
+    being refused. Timeouts count as load, so the client halves what it sends."""
+    import time as _time
+
+    from ontask.models import ChatRequest
+    from ontask.models.transport.retry import RetryPolicy
+
+    def one_at_a_time(body):
+        _time.sleep(0.1)  # blocks the server's loop: requests are answered in turn
+        return "ok"
+
+    with FakeServer(chat_handler=one_at_a_time) as srv:
+        g = OpenAIChatGenerator("tiny", base_url=srv.base_url, concurrency=16, timeout=0.5,
+                                retry=RetryPolicy(max_attempts=8, initial_wait=0.05, max_wait=0.2))
+        out = g.chat([ChatRequest.of([{"role": "user", "content": f"q{i}"}]) for i in range(16)])
+    assert g.rate_state.decreases >= 1 and g.rate_state.limit < 16
+    assert sum(isinstance(o, ChatResult) for o in out) >= 12
 
 
 def test_every_local_option_reaches_the_model(tiny_dir):
