@@ -16,7 +16,6 @@ from ontask.models import ChatRequest, ModelSpec, PassRequest, PassResult, load_
 from ontask.models.hf.scorer import load_hf_scorer
 from ontask.models import ChatResult
 from ontask.models.openai.chat import OpenAIChatGenerator
-from ontask.models.openai.scorer import ServerScorer
 from ontask.testing.fake_server import FakeServer
 from ontask.testing.tcia_handler import tcia_chat_handler
 
