@@ -54,6 +54,7 @@ from ..base import (
     generation_fingerprint_of as fingerprint_of,
     renormalise_choices,
 )
+from ..transport.http import error_message
 from ..transport.rate import RateControl, RateController, RateState, estimate_tokens, new_state
 from ..transport.retry import Failure as _Failure
 from ..transport.retry import RetryPolicy, retry_after_seconds, retrying
@@ -329,7 +330,7 @@ class OpenAIChatGenerator:
             await call.rate.release(ticket, outcome, used_tokens=used, retry_after=retry_after)
 
     def _status_failure(self, status: int, headers: Any, content: bytes) -> "_Failure":
-        reason = f"server error {status}: {_error_message(content)}"
+        reason = f"server error {status}: {error_message(content)}"
         if status not in (408, 429) and status < 500:
             return _Failure(reason, status)
         wait = retry_after_seconds(headers)
@@ -412,21 +413,6 @@ def _first_top_logprobs(logprobs: Any) -> list[dict[str, Any]] | None:
     if not isinstance(top, list) or not top:
         return None
     return [e for e in top if isinstance(e, dict)]
-
-
-def _error_message(content: bytes) -> str:
-    """The server's own words for an error: `error.message` of a JSON body, else the text."""
-    text = content.decode("utf-8", "replace")
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return text[:500] or "(empty body)"
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        msg = err.get("message") if isinstance(err, dict) else err
-        if msg:
-            return str(msg)[:500]
-    return text[:500]
 
 
 # -- schemas ----------------------------------------------------------------------------------

@@ -36,12 +36,13 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-import openai
+import aiohttp
 
 from ..transport.rate import RateControl, RateController, RateState, new_state
 from ..transport.retry import Failure, RetryPolicy, retry_after_seconds, retrying
 from ..base import PassError, PassOutcome, PassRequest, PassResult, fingerprint_of
 from ..transport.endpoint import public_url, resolve_api_key, resolve_base_url, run_sync
+from ..transport.http import HTTPStatusError, TimedOut, Unreachable, post_json, post_json_sync, session
 from ..local.templates import SplicedTemplate, jinja_env, template_text
 from ..local.tokenized import split_pass
 
@@ -82,7 +83,6 @@ class ServerScorer:
         self.rate = rate if isinstance(rate, RateControl) else RateControl(**(rate or {}))
         self.rate_state: RateState = new_state(self.rate, self.concurrency)
         self._api_key = resolve_api_key(api_key)
-        self._sync_client: openai.OpenAI | None = None
 
         tok_path = tokenizer or (template[3:] if template and template.startswith("hf:") else None)
         self._tokenizer = _load_tokenizer(tok_path) if tok_path else None
@@ -154,32 +154,33 @@ class ServerScorer:
         `POST /tokenize` with `messages` then `/detokenize`, or llama.cpp's `POST
         /apply-template`. A server with neither (llama-cpp-python) is refused with the ways to
         give the template: never a guessed (ChatML) prompt."""
-        client = self._client()
         root = self._root()
         tried = []
 
+        def ask(path: str, body: dict[str, Any]) -> Any:
+            return post_json_sync(root + path, body, api_key=self._api_key, timeout=self.timeout)
+
         def vllm(content: str) -> str:
             messages = [{"role": "user", "content": content}]
-            ids = client.post(f"{root}/tokenize", cast_to=object, body={
-                "model": self.model, "messages": messages, "add_generation_prompt": True, "add_special_tokens": False})
-            return str(client.post(f"{root}/detokenize", cast_to=object,
-                                   body={"model": self.model, "tokens": ids["tokens"]})["prompt"])  # type: ignore[index]
+            ids = ask("/tokenize", {"model": self.model, "messages": messages, "add_generation_prompt": True,
+                                    "add_special_tokens": False})
+            return str(ask("/detokenize", {"model": self.model, "tokens": ids["tokens"]})["prompt"])
 
         def llama_cpp(content: str) -> str:
-            out = client.post(f"{root}/apply-template", cast_to=object,
-                              body={"messages": [{"role": "user", "content": content}]})
-            return str(out["prompt"])  # type: ignore[index]
+            return str(ask("/apply-template", {"messages": [{"role": "user", "content": content}]})["prompt"])
 
         for name, render in (("POST /tokenize with messages + /detokenize", vllm), ("POST /apply-template", llama_cpp)):
             try:
                 return SplicedTemplate.learn(render), f"server:{name.split()[1]}"
-            except openai.APIConnectionError as exc:
+            except (Unreachable, TimedOut) as exc:
                 raise _Unreachable(f"server unreachable at {public_url(self.base_url)} (asking for its chat template): "
                                    f"{exc}") from None
-            except openai.InternalServerError as exc:
-                raise _Unreachable(f"server error {exc.status_code} asking for its chat template: {_reason(exc)}") from None
-            except (openai.APIStatusError, KeyError, TypeError) as exc:
-                tried.append(f"{name}: {_reason(exc) if isinstance(exc, openai.APIStatusError) else 'unexpected answer'}")
+            except HTTPStatusError as exc:
+                if exc.status >= 500 and exc.status != 501:
+                    raise _Unreachable(f"server error {exc.status} asking for its chat template: {exc.message}") from None
+                tried.append(f"{name}: {exc.status} {exc.message}")
+            except (KeyError, TypeError):
+                tried.append(f"{name}: unexpected answer")
             except ValueError as exc:
                 tried.append(f"{name}: {exc}")
         raise ValueError(
@@ -188,11 +189,15 @@ class ServerScorer:
             "option: template=hf:PATH (a local copy of the model's tokenizer folder), template=FILE.jinja, or "
             "template=chatml if the model really is ChatML (e.g. --model-option scorer.template=hf:/models/x)")
 
-    def _client(self) -> openai.OpenAI:
-        if self._sync_client is None:
-            self._sync_client = openai.OpenAI(base_url=self.base_url, api_key=self._api_key,
-                                              timeout=self.timeout, max_retries=self.max_retries)
-        return self._sync_client
+    def _url(self, path: str) -> str:
+        """`base_url` + `path`, a query string the base URL carries (a gateway's key) kept after the path."""
+        parts = urlsplit(self.base_url)
+        return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + path, parts.query, ""))
+
+    def _scrub(self, text: str) -> str:
+        """Belt and braces: no error text ever carries the API key."""
+        key = self._api_key
+        return text.replace(key, "***") if key and key != "EMPTY" and len(key) >= 4 else text
 
     def _root(self) -> str:
         """The server's root: tokenize and template endpoints live beside /v1 (`_root() + path`
@@ -208,12 +213,14 @@ class ServerScorer:
         root = self._root()
         body = {"model": self.model, "prompt": text, "add_special_tokens": False}
         try:
-            data = self._client().post(f"{root}/tokenize", cast_to=object, body=body)
-        except openai.NotFoundError as exc:
+            data = post_json_sync(f"{root}/tokenize", body, api_key=self._api_key, timeout=self.timeout)
+        except HTTPStatusError as exc:
+            if exc.status != 404:
+                raise
             raise NotImplementedError(
-                f"{public_url(root)}/tokenize is not available ({_reason(exc)}); give the model's tokenizer "
+                f"{public_url(root)}/tokenize is not available ({exc.message}); give the model's tokenizer "
                 "(template='hf:PATH' or tokenizer=PATH) to count tokens locally") from None
-        return int(data["count"])  # type: ignore[index]
+        return int(data["count"])
 
     def encode(self, req: PassRequest) -> tuple[list[int], int] | PassError:
         """Local token ids of prompt + output and where the output starts (as HFScorer.encode)."""
@@ -230,9 +237,9 @@ class ServerScorer:
         return run_sync(lambda: self._score_all(list(requests)))
 
     async def _score_all(self, requests: list[PassRequest]) -> list[PassOutcome]:
-        # One client per call: an async HTTP client belongs to the event loop that made it.
-        # Retries are ours (retry policy + rate control see every 429), not the SDK's.
-        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, timeout=self.timeout, max_retries=0)
+        # One session per call: it belongs to the event loop that made it. Retries are the
+        # retry policy's and rate control sees every 429.
+        client = session(self._api_key, self.concurrency)
         control = RateController(self.rate, self.concurrency, self.rate_state)
 
         async def one(req: PassRequest) -> PassOutcome:
@@ -249,7 +256,7 @@ class ServerScorer:
         self.stats["errors"] += sum(isinstance(r, PassError) for r in results)
         return list(results)
 
-    async def _attempt(self, client: openai.AsyncOpenAI, control: RateController, req: PassRequest) -> PassOutcome:
+    async def _attempt(self, client: aiohttp.ClientSession, control: RateController, req: PassRequest) -> PassOutcome:
         """One HTTP attempt, admitted by rate control; a retryable `Failure` goes back to the policy."""
         ticket = await control.acquire(0.0)
         outcome, retry_after = "failed", None
@@ -257,9 +264,9 @@ class ServerScorer:
             result = await (self._echo(client, req) if self.mode == "echo" else self._prompt_logprobs(client, req))
             outcome = "ok" if isinstance(result, PassResult) else "failed"
             return result
-        except openai.APIStatusError as exc:
-            status, wait = exc.status_code, retry_after_seconds(exc.response.headers)
-            reason = f"server error {status}: {_reason(exc)}"
+        except HTTPStatusError as exc:
+            status, wait = exc.status, retry_after_seconds(exc.headers)
+            reason = f"server error {status}: {self._scrub(exc.message)}"
             retryable = status in (408, 429) or status >= 500
             if wait is not None and wait > self.retry.max_retry_after:
                 retryable, wait = False, None
@@ -267,44 +274,47 @@ class ServerScorer:
             if status in (429, 503):  # the server is over its limit: slow everyone down
                 outcome, retry_after = "rejected", wait
             raise Failure(reason, status, retryable=retryable, retry_after=wait) from None
-        except openai.APITimeoutError:
+        except TimedOut:
             # A server that queues requests (llama.cpp works one at a time) times out instead
             # of refusing: that is load too, so rate control backs off.
             outcome = "rejected"
             raise Failure(f"server timeout after {self.timeout}s", retryable=True) from None
-        except openai.APIConnectionError as exc:
+        except Unreachable as exc:
             raise Failure(f"server unreachable at {public_url(self.base_url)}: {exc}", retryable=True) from None
         except Exception as exc:  # a malformed answer: one pass fails, not the batch
             return PassError(f"unexpected server response: {type(exc).__name__}: {exc}")
         finally:
             await control.release(ticket, outcome, retry_after=retry_after)
 
-    async def _echo(self, client: openai.AsyncOpenAI, req: PassRequest) -> PassOutcome:
+    async def _echo(self, client: aiohttp.ClientSession, req: PassRequest) -> PassOutcome:
         if not req.output:
             return PassError("output has no tokens")
         prompt = self.render_prompt(req.user)
         full = prompt + req.output
-        resp = await client.completions.create(
-            model=self.model, prompt=full, echo=True, logprobs=1, max_tokens=1, temperature=0.0
-        )
-        lp = resp.choices[0].logprobs
-        if lp is None or not lp.text_offset or lp.token_logprobs is None or lp.tokens is None:
+        resp = await post_json(client, self._url("/completions"), {
+            "model": self.model, "prompt": full, "echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0.0},
+            self.timeout)
+        lp = resp["choices"][0].get("logprobs") or {}
+        text_offset, tokens_all, logprobs_all = lp.get("text_offset"), lp.get("tokens"), lp.get("token_logprobs")
+        if not text_offset or tokens_all is None or logprobs_all is None:
             return PassError("server returned no echoed log-probs (does it support echo with logprobs?)")
+        usage = resp.get("usage") or {}
+        prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
         # The echoed prompt's tokens; anything after them was generated.
-        n = resp.usage.prompt_tokens if resp.usage and 0 < resp.usage.prompt_tokens <= len(lp.text_offset) else None
+        n = prompt_tokens if isinstance(prompt_tokens, int) and 0 < prompt_tokens <= len(text_offset) else None
         if n is None:
-            n = sum(1 for off in lp.text_offset if off < len(full))
-        offsets, tokens, logprobs = lp.text_offset[:n], lp.tokens[:n], lp.token_logprobs[:n]
+            n = sum(1 for off in text_offset if off < len(full))
+        offsets, tokens, logprobs = text_offset[:n], tokens_all[:n], logprobs_all[:n]
         drifting = all(b - a == len(s) for a, b, s in zip(offsets, offsets[1:], tokens))
         if "".join(tokens) != full and (drifting or len(prompt) not in offsets):
             # The echo is not the text sent, and its offsets count the echoed pieces: special tokens dropped (llama-cpp-python leaves its
             # BOS <|im_start|> out of the echo and renders <|im_end|> as ""), or tokens that
             # split characters (vLLM's per-token decode). Offsets into that text cannot place
             # the boundary; the server's token counts can.
-            generated = resp.usage.completion_tokens if resp.usage else 1
-            echoed = len(lp.token_logprobs) - generated
-            return await self._locate_by_count(client, req.output, prompt, full, lp.tokens[:echoed],
-                                               lp.token_logprobs[:echoed], resp.usage.prompt_tokens if resp.usage else None)
+            generated = completion_tokens if isinstance(completion_tokens, int) else 1
+            echoed = len(logprobs_all) - generated
+            return await self._locate_by_count(client, req.output, prompt, full, tokens_all[:echoed],
+                                               logprobs_all[:echoed], prompt_tokens if isinstance(prompt_tokens, int) else None)
         if len(prompt) not in offsets:
             return PassError("prompt/output boundary splits a token (the tokenizer merges across it); "
                              "use mode prompt_logprobs with the model's tokenizer")
@@ -321,7 +331,7 @@ class ServerScorer:
             return PassError(f"too long: {n_total} tokens > model maximum {self.max_length}")
         return PassResult(math.fsum(picked), len(picked), n_prompt)
 
-    async def _locate_by_count(self, client: openai.AsyncOpenAI, output: str, prompt: str, full: str,
+    async def _locate_by_count(self, client: aiohttp.ClientSession, output: str, prompt: str, full: str,
                                tokens: list[str], logprobs: list[Any], n_full_server: int | None) -> PassOutcome:
         """The output's tokens located exactly by the server's own tokenisation: the prompt's
         ids must be a prefix of prompt+output's (else the tokenizer merges across the
@@ -351,7 +361,7 @@ class ServerScorer:
                              "use mode prompt_logprobs with the model's tokenizer")
         return self._result(list(logprobs[len(tokens) - n_out:]), k, len(full_ids))
 
-    async def _tokenize(self, client: openai.AsyncOpenAI, text: str) -> list[int] | PassError:
+    async def _tokenize(self, client: aiohttp.ClientSession, text: str) -> list[int] | PassError:
         """Token ids as the server's completions endpoint sees `text` (special tokens parsed,
         BOS as it adds it): vLLM's `/tokenize`, llama-cpp-python's `/extras/tokenize`, or
         llama.cpp's `/tokenize` (`content`), whichever the server has (found once)."""
@@ -366,14 +376,14 @@ class ServerScorer:
         for kind in order:
             url, body = forms[kind]
             try:
-                data = await client.post(url, cast_to=object, body=body)
-                ids = data["tokens"]  # type: ignore[index]
+                data = await post_json(client, url, body, self.timeout)
+                ids = data["tokens"]
                 if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
                     raise TypeError("tokens is not a list of ids")
-            except openai.APIStatusError as exc:
-                if exc.status_code in (429, 503) or exc.status_code >= 500:
+            except HTTPStatusError as exc:
+                if exc.status in (408, 429) or exc.status >= 500:
                     raise  # load or a fault: the retry policy and rate control handle it
-                problems.append(f"{kind}: {_reason(exc)}")
+                problems.append(f"{kind}: {exc.message}")
                 continue
             except (KeyError, TypeError) as exc:
                 problems.append(f"{kind}: unexpected answer ({exc})")
@@ -384,19 +394,18 @@ class ServerScorer:
                          f"locate the output by ({'; '.join(problems)}); use mode prompt_logprobs with the "
                          "model's tokenizer")
 
-    async def _prompt_logprobs(self, client: openai.AsyncOpenAI, req: PassRequest) -> PassOutcome:
+    async def _prompt_logprobs(self, client: aiohttp.ClientSession, req: PassRequest) -> PassOutcome:
         enc = self.encode(req)
         if isinstance(enc, PassError):
             return enc
         ids, start = enc
-        resp = await client.completions.create(
-            model=self.model, prompt=ids, max_tokens=1, temperature=0.0, extra_body={"prompt_logprobs": 1}
-        )
-        choice = resp.choices[0]
-        plp = getattr(choice, "prompt_logprobs", None)
+        resp = await post_json(client, self._url("/completions"), {
+            "model": self.model, "prompt": ids, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 1}, self.timeout)
+        choice = resp["choices"][0]
+        plp = choice.get("prompt_logprobs")
         if plp is None:
             return PassError("server returned no prompt_logprobs (a vLLM extension; use mode echo elsewhere)")
-        echoed = getattr(choice, "prompt_token_ids", None)
+        echoed = choice.get("prompt_token_ids")
         if len(plp) != len(ids) or (echoed is not None and list(echoed) != ids):
             return PassError(f"server scored different tokens than sent ({len(plp)} log-probs for {len(ids)} tokens)")
         picked = []
@@ -440,18 +449,6 @@ def _tokenizer_hash(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     blob = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-
-
-def _reason(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        msg = err.get("message") if isinstance(err, dict) else err
-        if msg:
-            return str(msg)[:500]
-    return (str(body) if body else exc.message)[:500]
 
 
 class _Unreachable(Exception):
