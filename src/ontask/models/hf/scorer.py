@@ -17,6 +17,7 @@ tokenised on its own and appended, so the split is still exact by construction.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -56,6 +57,8 @@ class HFScorer(TokenizingScorer):
         self._head = model.get_output_embeddings()
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.device = model_device(model)  # inputs go where the weights are
+        # The KV cache argument: `cache` in transformers >= 5.25 (`past_key_values` goes in 5.40), before: the old name.
+        self._cache_arg = "cache" if "cache" in inspect.signature(self._body.forward).parameters else "past_key_values"
         self._identity = {
             **identity,
             "template": hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:16],
@@ -114,9 +117,10 @@ class HFScorer(TokenizingScorer):
             ids[b, : len(s) - prefix] = torch.tensor(s[prefix:])
         ids = ids.to(self.device)
         if prefix:
-            pre = self._body(input_ids=torch.tensor([seqs[0][:prefix]], device=self.device), use_cache=True).past_key_values
+            out = self._body(input_ids=torch.tensor([seqs[0][:prefix]], device=self.device), use_cache=True)
+            pre = out["cache"] if "cache" in out else out.past_key_values  # transformers >= 5.25 names it cache
             pre.batch_repeat_interleave(len(seqs))
-            hidden = self._body(input_ids=ids, past_key_values=pre, use_cache=True).last_hidden_state
+            hidden = self._body(input_ids=ids, **{self._cache_arg: pre}, use_cache=True).last_hidden_state
         else:
             hidden = self._body(input_ids=ids, use_cache=False).last_hidden_state
 
