@@ -2,8 +2,8 @@
 
 Why this shape:
 
-- HTTP is aiohttp, straight: one pooled session per call, a connection per slot, the JSON
-  body posted as bytes and the answer read raw. (The `openai` SDK was measured to spend
+- HTTP is the shared stack (`transport/http.py`, aiohttp): one pooled session per call, a
+  connection per slot, the JSON body posted as bytes and the answer read raw. (The `openai` SDK was measured to spend
   ~0.8 ms of CPU building each request, a third of the client's time at 1,000 calls at
   64 in flight on 2 cores; its retries and typed objects were unused here anyway.)
 - Retries are our policy: `tenacity` retries 429, 408, 5xx, timeouts, connection errors and *broken bodies*
@@ -54,7 +54,7 @@ from ..base import (
     generation_fingerprint_of as fingerprint_of,
     renormalise_choices,
 )
-from ..transport.http import error_message
+from ..transport.http import TimedOut, Unreachable, error_message, post, session
 from ..transport.rate import RateControl, RateController, RateState, estimate_tokens, new_state
 from ..transport.retry import Failure as _Failure
 from ..transport.retry import RetryPolicy, retry_after_seconds, retrying
@@ -144,11 +144,7 @@ class OpenAIChatGenerator:
                        on_result: Callable[[int, Any], None] | None) -> list[Any]:
         # One session per call: an aiohttp session belongs to the event loop that made it.
         # A connection per slot, so no admitted request waits for a connection.
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self._api_key and self._api_key != "EMPTY":
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        client = aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(limit=self.concurrency),
-                                       timeout=aiohttp.ClientTimeout(total=None))
+        client = session(self._api_key, self.concurrency)
         call = _Call(client, f"{self.base_url.rstrip('/')}/chat/completions",
                      RateController(self.rate, self.concurrency, self.rate_state))
         results: list[Any] = [None] * len(requests)
@@ -305,18 +301,14 @@ class OpenAIChatGenerator:
             tally.attempts += 1
             before = tally.prompt_tokens + tally.completion_tokens
             try:
-                async with asyncio.timeout(self.timeout):
-                    async with call.client.post(call.url, data=json.dumps(body).encode()) as response:
-                        status, content = response.status, await response.read()
-                        response_headers = response.headers
-            except TimeoutError:
+                status, response_headers, content = await post(call.client, call.url, body, self.timeout)
+            except TimedOut as exc:
                 # A server that queues requests (llama.cpp answers one at a time) times out
                 # instead of refusing: that is load too, so rate control backs off.
                 outcome = "rejected"
-                raise _Failure(f"no answer within the {self.timeout:g}s timeout", retryable=True) from None
-            except aiohttp.ClientError as exc:  # refused, reset, disconnected, a torn body
-                raise _Failure(f"server unreachable at {public_url(self.base_url)}: {type(exc).__name__}: {exc}",
-                               retryable=True) from None
+                raise _Failure(str(exc), retryable=True) from None
+            except Unreachable as exc:  # refused, reset, disconnected, a torn body
+                raise _Failure(f"server unreachable at {public_url(self.base_url)}: {exc}", retryable=True) from None
             if status >= 400:
                 failure = self._status_failure(status, response_headers, content)
                 if status in (429, 503):  # the server is over its limit: slow everyone down
