@@ -183,3 +183,18 @@ def test_server_killed_mid_run_records_failures_and_a_rerun_completes(tmp_path, 
     second = api.score(src, tmp_path / "scored.jsonl", cfg, cache_path=tmp_path / "c.sqlite")
     assert second["counts"]["rows_scored"] == len(ROWS) and second["counts"]["rows_failed"] == 0
     assert second["counts"]["passes_cached"] >= first["counts"]["rows_scored"]  # nothing answered is paid twice
+
+
+def test_the_served_gguf_file_gives_the_template(template):
+    """template=gguf:PATH reads the template llama.cpp applies from the very file it serves."""
+    from ontask.models.local.templates import gguf_template
+
+    text, specials = gguf_template(str(gguf_path()))
+    assert "You are a helpful AI assistant named SmolLM" in text and specials == {"bos_token": "<|im_start|>",
+                                                                                   "eos_token": "<|im_end|>"}
+    base = {"spec": "openai:smollm2", "base_url": "http://127.0.0.1:9/v1"}  # nothing is sent to render
+    from_gguf = load_scorer({**base, "template": f"gguf:{gguf_path()}"})
+    from_hf = load_scorer({**base, "template": template})
+    for user in ("Say hi.", "", "  spaced \n lines  "):
+        assert from_gguf.render_prompt(user) == from_hf.render_prompt(user)
+    assert from_gguf.describe()["template_source"] == f"gguf:{gguf_path()}"

@@ -33,7 +33,7 @@ class ModelSpec(BaseModel):
     # remote (openai:)
     base_url: str | None = Field(None, description="server address, e.g. http://localhost:8000/v1")
     api_key_env: str | None = Field(None, description="name of the environment variable holding the key")
-    template: str | None = Field(None, description="scoring through a server: hf:PATH | FILE.jinja | server | chatml")
+    template: str | None = Field(None, description="scoring through a server: server | hf:PATH | gguf:PATH | FILE.jinja | chatml")
     mode: Literal["echo", "prompt_logprobs"] | None = Field(None, description="server scoring: how prompt log-probs are read")
     concurrency: int | None = Field(None, ge=1, description="the most requests in flight")
     timeout: float | None = Field(None, gt=0, description="seconds per HTTP request")

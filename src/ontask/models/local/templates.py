@@ -2,7 +2,8 @@
 
 Scoring through a server needs the prompt text the served model expects, up to where the
 assistant's reply begins, so that the output's tokens can be located exactly. It comes from:
-- a template text (`hf:PATH`'s tokenizer, a .jinja file, or the bundled ChatML), rendered in
+- a template text (`hf:PATH`'s tokenizer, a GGUF file's metadata, a .jinja file, or the
+  bundled ChatML), rendered in
   the sandboxed Jinja environment transformers uses (`jinja_env`);
 - or the server itself, which applied its own template to probe messages: the rendered
   text around the probe is kept (`SplicedTemplate`), checked on a second probe.
@@ -35,6 +36,8 @@ def template_text(template: str | None, tokenizer: Any) -> tuple[str, str]:
     """The chat template's text and where it came from."""
     if template is None or template == "chatml":
         return bundled_chatml(), "bundled:chatml.jinja"
+    if template.startswith("gguf:"):
+        return gguf_template(template[5:])[0], template
     if template.startswith("hf:"):
         text = tokenizer.chat_template
         if isinstance(text, dict):  # named templates: the default one
@@ -44,8 +47,32 @@ def template_text(template: str | None, tokenizer: Any) -> tuple[str, str]:
         return text, template
     path = Path(template)
     if not path.is_file():
-        raise FileNotFoundError(f"chat template file not found: {template} (give a .jinja file or hf:PATH)")
+        raise FileNotFoundError(f"chat template file not found: {template} (give a .jinja file, hf:PATH or gguf:PATH)")
     return path.read_text(encoding="utf-8"), str(path)
+
+
+def gguf_template(path: str) -> tuple[str, dict[str, str]]:
+    """The chat template a GGUF file carries (`tokenizer.chat_template`, what llama.cpp's
+    servers apply) and its BOS/EOS token texts (templates may print them): the very file a
+    llama.cpp server serves gives ontask the template it cannot ask that server for."""
+    from gguf import GGUFReader
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"GGUF file not found: {path} (template=gguf:PATH names the model file the server serves)")
+    reader = GGUFReader(path)
+    field = reader.fields.get("tokenizer.chat_template")
+    if field is None:
+        raise ValueError(f"{path}: the GGUF file carries no tokenizer.chat_template")
+    text = bytes(field.parts[field.data[0]]).decode("utf-8")
+    specials: dict[str, str] = {}
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    for name in ("bos", "eos"):
+        ident = reader.fields.get(f"tokenizer.ggml.{name}_token_id")
+        if ident is not None and tokens is not None:
+            index = int(ident.parts[ident.data[0]][0])
+            if 0 <= index < len(tokens.data):
+                specials[f"{name}_token"] = bytes(tokens.parts[tokens.data[index]]).decode("utf-8", "replace")
+    return text, specials
 
 
 class _Generation(jinja2.ext.Extension):

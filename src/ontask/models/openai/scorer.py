@@ -43,7 +43,7 @@ from ..transport.retry import Failure, RetryPolicy, retry_after_seconds, retryin
 from ..base import PassError, PassOutcome, PassRequest, PassResult, fingerprint_of
 from ..transport.endpoint import public_url, resolve_api_key, resolve_base_url, run_sync
 from ..transport.http import HTTPStatusError, TimedOut, Unreachable, post_json, post_json_sync, session
-from ..local.templates import SplicedTemplate, jinja_env, template_text
+from ..local.templates import SplicedTemplate, gguf_template, jinja_env, template_text
 from ..local.tokenized import split_pass
 
 MODES = ("echo", "prompt_logprobs")
@@ -100,6 +100,8 @@ class ServerScorer:
             self._template = jinja_env().from_string(self._template_text)
             template_digest = hashlib.sha256(self._template_text.encode()).hexdigest()[:16]
         self._specials = dict(self._tokenizer.special_tokens_map) if self._tokenizer is not None else {}
+        if template and template.startswith("gguf:"):
+            self._specials = gguf_template(template[5:])[1]
         self.render_prompt = functools.lru_cache(maxsize=8192)(self._render)  # type: ignore[method-assign]
         if mode == "prompt_logprobs" and self._tokenizer is None:
             raise ValueError("mode prompt_logprobs sends token ids, so it needs the model's tokenizer locally: "
@@ -186,8 +188,9 @@ class ServerScorer:
         raise ValueError(
             f"openai:{self.model}: the server at {public_url(self.base_url)} cannot apply its chat template for ontask "
             f"({'; '.join(tried)}), and scoring needs the served model's own template. Give it with the template "
-            "option: template=hf:PATH (a local copy of the model's tokenizer folder), template=FILE.jinja, or "
-            "template=chatml if the model really is ChatML (e.g. --model-option scorer.template=hf:/models/x)")
+            "option: template=gguf:PATH (the GGUF file a llama.cpp server serves), template=hf:PATH (a local copy of "
+            "the model's tokenizer folder), template=FILE.jinja, or template=chatml if the model really is ChatML "
+            "(e.g. --model-option scorer.template=gguf:/models/x.gguf)")
 
     def _url(self, path: str) -> str:
         """`base_url` + `path`, a query string the base URL carries (a gateway's key) kept after the path."""
@@ -431,7 +434,8 @@ def load_server_scorer(
 ) -> ServerScorer:
     """`openai:MODEL` at `base_url`. `template`: None or "server" (the server applies its
     own, learned from probes), `hf:PATH` (a local tokenizer folder's chat template, which also
-    gives a local tokenizer), a .jinja file, or "chatml" (the bundled ChatML)."""
+    gives a local tokenizer), `gguf:PATH` (the template in a GGUF file's metadata), a .jinja
+    file, or "chatml" (the bundled ChatML)."""
     return ServerScorer(model, base_url=base_url, template=template, concurrency=concurrency, mode=mode,
                         max_length=max_length, timeout=timeout, **kw)
 
