@@ -23,6 +23,20 @@ console = Console(stderr=True, soft_wrap=True)  # errors are never hard-wrapped 
 ConfigOpt = typer.Option(None, "--config", help="YAML file of settings; flags override it.", exists=True, dir_okay=False)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from .._version import __version__
+
+        typer.echo(f"ontask {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                        help="Print the version and exit.")) -> None:
+    """Task-specific instruction-tuning data: augment, score, select."""
+
+
 def _fail(message: str, code: int = 2) -> None:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)

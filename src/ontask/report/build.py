@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..io import iter_records, write_text_atomic
 from . import augment_view as av
 from . import figures as fg

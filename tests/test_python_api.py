@@ -1,0 +1,63 @@
+"""The Python API: lists of dicts, DataFrames and Datasets in; Datasets out, equal to the CLI's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+import ontask
+from ontask.cli.main import app
+
+ROWS = [{"instruction": f"Summarise note {i} in one line.", "input": f"Note {i}: the launch moved to May.",
+         "output": f"Launch moved to May ({i})."} for i in range(6)]
+
+
+def test_score_and_select_a_list_of_dicts_equal_the_cli(tmp_path, tiny_dir):
+    settings = dict(scorer=f"hf:{tiny_dir}", metrics=["ppl", "ifd", "tss"], k=2)
+    scored = ontask.score(ROWS, cache=tmp_path / "c.sqlite", progress=False, **settings)
+    top = ontask.select(scored, by="tss", retain=0.5)
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    runner = CliRunner()
+    res = runner.invoke(app, ["score", str(src), "-o", str(tmp_path / "s.jsonl"), "--scorer", f"hf:{tiny_dir}",
+                              "--metrics", "ppl,ifd,tss", "-k", "2", "--cache", str(tmp_path / "c2.sqlite")])
+    assert res.exit_code == 0, res.output
+    cli_rows = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert scored.dataset.to_list() == cli_rows
+    assert len(top) == 3 and set(top.dataset["tss"]) <= set(scored.dataset["tss"])
+    assert scored.manifest["counts"]["rows_scored"] == 6 and scored.failures == []
+    assert top.manifest["counts"]["kept"] == 3
+
+
+def test_dataframes_and_datasets_go_in_too(tmp_path, tiny_dir):
+    import datasets
+    import pandas as pd
+
+    a = ontask.score(pd.DataFrame(ROWS), scorer=f"hf:{tiny_dir}", metrics=["ppl"], cache=tmp_path / "c.sqlite",
+                     progress=False)
+    b = ontask.score(datasets.Dataset.from_list(ROWS), scorer=f"hf:{tiny_dir}", metrics=["ppl"],
+                     cache=tmp_path / "c.sqlite", progress=False)
+    assert a.dataset["ppl"] == b.dataset["ppl"] and len(a) == 6
+    assert b.manifest["counts"]["passes_cached"] == 6  # the same passes: nothing computed twice
+
+
+def test_bad_settings_and_empty_data_are_clear_errors_before_any_model(tmp_path):
+    with pytest.raises(ValueError, match="metrics"):
+        ontask.score(ROWS, metrics=["tsss"], progress=False)
+    with pytest.raises(ValueError, match="kk: unknown setting"):
+        ontask.score(ROWS, kk=3, progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        ontask.score([], progress=False)
+    with pytest.raises(TypeError, match="list of dicts"):
+        ontask.score(42, progress=False)
+
+
+def test_import_ontask_is_light_and_the_cli_has_a_version():
+    code = "import sys, ontask; sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    res = CliRunner().invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"ontask {ontask.__version__}"
