@@ -61,3 +61,17 @@ def test_import_ontask_is_light_and_the_cli_has_a_version():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     res = CliRunner().invoke(app, ["--version"])
     assert res.exit_code == 0 and res.output.strip() == f"ontask {ontask.__version__}"
+
+
+@pytest.mark.slow
+def test_the_readme_python_example_runs(tmp_path, monkeypatch, capsys):
+    """The README's Python example, as written (the embedded scorer, the default cache)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    [block] = re.findall(r"### From Python\n\n```python\n(.*?)```", readme, re.S)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert len(namespace["scored"]) == 4 and len(namespace["top"]) == 2
+    assert namespace["scored"].failures == [] and "tss" in capsys.readouterr().out
