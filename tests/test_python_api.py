@@ -75,3 +75,23 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     exec(compile(block, "README.md", "exec"), namespace)
     assert len(namespace["scored"]) == 4 and len(namespace["top"]) == 2
     assert namespace["scored"].failures == [] and "tss" in capsys.readouterr().out
+
+
+def test_what_cannot_be_done_as_asked_is_refused_up_front(tmp_path):
+    """-o x.csv, empty input, select on rows without the score: a clear error, exit 2, no file."""
+    runner = CliRunner()
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    res = runner.invoke(app, ["score", str(src), "-o", str(tmp_path / "out.csv"), "--scorer", "hf:/nowhere"])
+    assert res.exit_code == 2 and "not .csv" in res.output and "out.jsonl" in res.output  # before any model loads
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    res = runner.invoke(app, ["score", str(empty), "-o", str(tmp_path / "s.jsonl"), "--scorer", "hf:/nowhere"])
+    assert res.exit_code == 2 and "no rows to score" in res.output and not (tmp_path / "s.jsonl").exists()
+    res = runner.invoke(app, ["select", str(src), "-o", str(tmp_path / "top.jsonl"), "--by", "tss", "--retain", "0.5"])
+    assert res.exit_code == 2 and "none of its 6 rows has a numeric 'tss' score" in res.output
+    assert not (tmp_path / "top.jsonl").exists()
+    res = runner.invoke(app, ["select", str(empty), "-o", str(tmp_path / "top.jsonl"), "--retain", "0.5"])
+    assert res.exit_code == 2 and "no rows to select from" in res.output
+    with pytest.raises(ValueError, match="not .csv"):
+        ontask.score(ROWS, output=tmp_path / "x.csv", progress=False)

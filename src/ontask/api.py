@@ -19,6 +19,7 @@ from typing import Any, Callable, ContextManager, Iterator
 
 from .cache import ResultCache
 from .models import CachedGenerator, ModelSpec, load_generator, load_scorer
+from .runs import check_output_name
 from .scoring.config import ScoreConfig
 from .tcia.config import AugmentConfig
 
@@ -73,6 +74,9 @@ def score(input: str | os.PathLike, output: str | os.PathLike, cfg: ScoreConfig,
     from .scoring import run_score
 
     cfg.check_models()  # every role's provider and options, before anything loads
+    check_output_name(output)
+    if not _has_rows(input, cfg.columns):
+        raise ValueError(f"{input}: no rows to score (the input is empty)")
     quiet_libraries()
     cache = open_cache(cache_path)
     scorer = None  # on Ray, each actor loads its own
@@ -120,6 +124,7 @@ def select(input: str | os.PathLike, output: str | os.PathLike, cfg: Any) -> dic
     """Keep the best rows of a scored file under `cfg`'s budget; returns select.json's content."""
     from .selection import run_select
 
+    check_output_name(output)
     if cfg.diversity:
         quiet_libraries()
     return run_select(input, output, cfg)
@@ -227,6 +232,16 @@ def augment(cfg: AugmentConfig, output: str | os.PathLike, *, seeds: list[Any], 
         with status("loading models " + ", ".join(sorted({str(s) for s in cfg.roles().values()}))):
             roles = build_roles(cfg, cache)
         return run_augment(seeds, inputs, cfg, output, db=db, embedder=emb, roles=roles, progress=progress)
+
+
+def _has_rows(path: str | os.PathLike, columns: Any) -> bool:
+    """Whether the input holds at least one row (read lazily: stops at the first chunk)."""
+    from .io import read_examples
+
+    for chunk in read_examples(Path(path), columns):
+        if chunk:
+            return True
+    return False
 
 
 def _spec(value: ModelSpec | str | None) -> ModelSpec:

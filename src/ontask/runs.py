@@ -10,6 +10,18 @@ from pathlib import Path
 from ._version import __version__
 
 
+WRITTEN_FORMATS = (".jsonl", ".parquet")
+
+
+def check_output_name(out: str | os.PathLike) -> None:
+    """Refuse, before any work, an output whose name asks for a format ontask does not write
+    (`-o out.csv` must not silently get JSON lines)."""
+    path = Path(out)
+    if path.suffix and path.suffix.lower() not in WRITTEN_FORMATS and not path.is_dir():
+        raise ValueError(f"{path}: ontask writes {' or '.join(WRITTEN_FORMATS)} files (or a folder, given without "
+                         f"a suffix), not {path.suffix}: name the output e.g. {path.with_suffix('.jsonl').name}")
+
+
 @dataclass(frozen=True)
 class RunPaths:
     output: Path
@@ -18,6 +30,7 @@ class RunPaths:
     def at(cls, out: str | os.PathLike) -> "RunPaths":
         """`out` may be a file (`scored.jsonl`, `.parquet`) or a folder (then `data.jsonl`)."""
         out = Path(out)
+        check_output_name(out)
         if out.is_dir() or not out.suffix:
             out = out / "data.jsonl"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,21 +12,32 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 @contextmanager
 def row_progress(console: Console, total: int | None, label: str) -> Iterator:
-    """Yields `update(rows_done_delta, tokens_total)` for the scoring pipeline."""
+    """Yields `update(rows_done_delta, tokens_total)` for the scoring pipeline. The bar appears
+    at the first update, so a run that stops before any work (a refused setting, a server
+    that cannot give its template) prints its error without an empty bar above it."""
     start = time.perf_counter()
     columns = [
         TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(label, total=total, rate="")
+    bar = Progress(*columns, console=console, transient=False)
+    task = bar.add_task(label, total=total, rate="")
+    started = False
 
-        def update(rows: int, tokens: int) -> None:
-            dt = max(time.perf_counter() - start, 1e-9)
-            done = bar.tasks[0].completed + rows
-            bar.update(task, advance=rows, rate=f"{done / dt:.1f} rows/s, {tokens:,} tok ({tokens / dt:,.0f} tok/s)")
+    def update(rows: int, tokens: int) -> None:
+        nonlocal started
+        if not started:
+            bar.start()
+            started = True
+        dt = max(time.perf_counter() - start, 1e-9)
+        done = bar.tasks[0].completed + rows
+        bar.update(task, advance=rows, rate=f"{done / dt:.1f} rows/s, {tokens:,} tok ({tokens / dt:,.0f} tok/s)")
 
+    try:
         yield update
+    finally:
+        if started:
+            bar.stop()
 
 
 @contextmanager

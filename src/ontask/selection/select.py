@@ -97,6 +97,11 @@ def run_select(input_path: str | os.PathLike, output: str | os.PathLike, cfg: Se
             ppl.append(_or_nan(_number(rec, "ppl")))
             instr.append(str(rec.get("instruction", "")) if cfg.diversity else "")
     score_a, ifd_a, ppl_a = np.array(score), np.array(ifd), np.array(ppl)
+    if n == 0:
+        raise ValueError(f"{path}: no rows to select from (the file is empty)")
+    if all(kind in ("no score", "unreadable") for kind, _ in reasons.values()) and len(reasons) == n:
+        raise ValueError(f"{path}: none of its {n} rows has a numeric '{col}' score; score them first "
+                         f"(ontask score {path} -o scored.jsonl --metrics {cfg.by}) or choose another --by")
 
     if cfg.ifd_max is not None:
         for i in np.flatnonzero(~np.isnan(ifd_a) & (ifd_a > cfg.ifd_max)):
