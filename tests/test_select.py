@@ -413,3 +413,38 @@ def test_select_json_is_strict_json_with_one_ppl_bound(tmp_path):
 def test_select_json_is_strict_json_without_filters(tmp_path):
     select(tmp_path, make_rows(), retain=0.5)
     _strict_json((tmp_path / "sel" / "select.json").read_text(encoding="utf-8"))
+
+
+def test_stratify_keeps_every_group_at_the_budget(tmp_path):
+    """Group a scores high, group b low: plain selection keeps only a; --stratify keeps each
+    group's share of the budget, ranked within the group, and says so in select.json."""
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from ontask.cli.main import app
+
+    rows = [{"instruction": f"a{i}", "output": "x", "category": "a", "tss": 10.0 - i, "tokens": 10} for i in range(8)]
+    rows += [{"instruction": f"b{i}", "output": "x", "category": "b", "tss": 1.0 - i, "tokens": 10} for i in range(4)]
+    src = tmp_path / "scored.jsonl"
+    src.write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    runner = CliRunner()
+
+    def kept(out, *flags):
+        res = runner.invoke(app, ["select", str(src), "-o", str(out), "--by", "tss", *flags])
+        assert res.exit_code == 0, res.output
+        return [_json.loads(x) for x in out.read_text().splitlines()], _json.loads((out.parent / "select.json").read_text())
+
+    plain, _ = kept(tmp_path / "plain" / "top.jsonl", "--retain", "0.5")
+    assert [r["instruction"] for r in plain] == [f"a{i}" for i in range(6)]
+    strat, manifest = kept(tmp_path / "strat" / "top.jsonl", "--retain", "0.5", "--stratify", "category")
+    assert [r["instruction"] for r in strat] == ["a0", "a1", "a2", "a3", "b0", "b1"]  # input order kept
+    assert [r["rank"] for r in strat] == [1, 2, 3, 4, 5, 6]  # one ranking across groups
+    assert manifest["groups"] == {"a": {"rows": 8, "kept": 4}, "b": {"rows": 4, "kept": 2}}
+    dropped = [_json.loads(x) for x in (tmp_path / "strat" / "dropped.jsonl").read_text().splitlines()]
+    assert all("group category='" in d["detail"] for d in dropped) and len(dropped) == 6
+    tok, manifest = kept(tmp_path / "tok" / "top.jsonl", "--max-tokens", "30", "--stratify", "category",
+                         "--stratify-min", "2")
+    assert manifest["groups"]["b"]["kept"] == 2 and manifest["groups"]["a"]["kept"] == 2  # a: 30*8/12 = 20 tokens
+    res = runner.invoke(app, ["select", str(src), "-o", str(tmp_path / "x.jsonl"), "--retain", "0.5", "--stratify-min", "1"])
+    assert res.exit_code == 2 and "--stratify-min needs --stratify" in res.output

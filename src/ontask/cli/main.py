@@ -153,6 +153,9 @@ def select(
     ppl_min_pct: Optional[float] = typer.Option(None, help="Drop rows below this perplexity percentile."),
     ppl_max_pct: Optional[float] = typer.Option(None, help="Drop rows above this perplexity percentile."),
     diversity: Optional[float] = typer.Option(None, help="Skip rows whose instruction has cosine above this to a kept one."),
+    stratify: Optional[str] = typer.Option(None, help="Column whose groups (e.g. category, task type) share the budget "
+                                           "in proportion to their size, ranked within each group."),
+    stratify_min: Optional[int] = typer.Option(None, help="With --stratify: keep at least this many rows of each group."),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Keep the best rows under a budget; write the kept rows, dropped.jsonl and select.json."""
@@ -161,7 +164,8 @@ def select(
     try:
         cfg = SelectConfig(**merged(config, "select", dict(
             by=by, retain=retain, max_tokens=max_tokens, ifd_max=ifd_max,
-            ppl_min_pct=ppl_min_pct, ppl_max_pct=ppl_max_pct, diversity=diversity)))
+            ppl_min_pct=ppl_min_pct, ppl_max_pct=ppl_max_pct, diversity=diversity, stratify=stratify,
+            stratify_min=stratify_min)))
     except (ValueError, ValidationError) as err:
         _fail(settings_error(err))
     if not input.exists():

@@ -7,6 +7,7 @@ in their original order. Every row that is not kept gets a reason in `dropped.js
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -36,6 +37,8 @@ class SelectConfig(BaseModel):
     diversity: float | None = Field(None, gt=0, le=1, description="skip a row whose instruction is this cosine-close to a kept one")
     embedder: str = "embedded"
     order: Literal["auto", "desc", "asc"] = "auto"
+    stratify: str | None = Field(None, description="column whose groups share the budget in proportion to their size")
+    stratify_min: int = Field(0, ge=0, description="with stratify: keep at least this many rows of each group")
 
     @model_validator(mode="after")
     def _one_budget(self) -> "SelectConfig":
@@ -43,6 +46,8 @@ class SelectConfig(BaseModel):
             raise ValueError("give exactly one budget: --retain FRACTION or --max-tokens N")
         if self.by not in SCORE_COLUMNS:
             raise ValueError(f"--by must be one of {', '.join(SCORE_COLUMNS)}")
+        if self.stratify_min and not self.stratify:
+            raise ValueError("--stratify-min needs --stratify COLUMN")
         return self
 
     @property
@@ -72,7 +77,7 @@ def run_select(input_path: str | os.PathLike, output: str | os.PathLike, cfg: Se
     run = RunPaths.at(output)
     t0 = time.perf_counter()
     col = cfg.column
-    score, tokens, ifd, ppl, instr = [], [], [], [], []
+    score, tokens, ifd, ppl, instr, group = [], [], [], [], [], []
     reasons: dict[int, tuple[str, str]] = {}  # row (0-based) -> (kind, detail)
     locs: list[Any] = []
     n = 0
@@ -84,6 +89,7 @@ def run_select(input_path: str | os.PathLike, output: str | os.PathLike, cfg: Se
             if isinstance(rec, Failure):
                 reasons[i] = ("unreadable", rec.reason)
                 score.append(math.nan); tokens.append(0); ifd.append(math.nan); ppl.append(math.nan); instr.append("")
+                group.append("(unreadable)")
                 continue
             s = _number(rec, col)
             if s is None:
@@ -96,6 +102,7 @@ def run_select(input_path: str | os.PathLike, output: str | os.PathLike, cfg: Se
             ifd.append(_or_nan(_number(rec, "ifd")))
             ppl.append(_or_nan(_number(rec, "ppl")))
             instr.append(str(rec.get("instruction", "")) if cfg.diversity else "")
+            group.append(_group_of(rec, cfg.stratify) if cfg.stratify else "")
     score_a, ifd_a, ppl_a = np.array(score), np.array(ifd), np.array(ppl)
     if n == 0:
         raise ValueError(f"{path}: no rows to select from (the file is empty)")
@@ -125,40 +132,24 @@ def run_select(input_path: str | os.PathLike, output: str | os.PathLike, cfg: Se
     candidates = [i for i in range(n) if i not in reasons]
     sign = -1.0 if cfg.descending else 1.0
     candidates.sort(key=lambda i: (sign * score_a[i], i))  # ties: earlier row first
-    row_budget = max(1, math.floor(cfg.retain * n + 0.5)) if cfg.retain is not None else None  # half up
-    kept: list[int] = []
-    kept_tokens = 0
-    kept_vecs: list[np.ndarray] = []
     if cfg.diversity and embedder is None:
         from ..embed import load_embedder
 
         embedder = load_embedder(cfg.embedder)
+    kept: list[int] = []
+    kept_vecs: list[np.ndarray] = []
     budget_reason = ("over budget", f"--retain {cfg.retain}" if cfg.retain is not None else f"--max-tokens {cfg.max_tokens}")
-    pos, spent = 0, False
-    while pos < len(candidates) and not spent:
-        block = candidates[pos : pos + 64]
-        vecs = embedder.embed([instr[i] for i in block]) if cfg.diversity else None
-        for j, i in enumerate(block):
-            spent = (row_budget is not None and len(kept) >= row_budget) or (
-                cfg.max_tokens is not None and kept_tokens + tokens[i] > cfg.max_tokens
-            )
-            if spent:  # rank order is strict: nothing below a row that did not fit is kept
-                break
-            if vecs is not None and kept_vecs:
-                sims = np.stack(kept_vecs) @ vecs[j]
-                best = int(np.argmax(sims))
-                if sims[best] > cfg.diversity:
-                    reasons[i] = ("near duplicate", f"cosine {sims[best]:.3f} to the kept row at line {locs[kept[best]]}")
-                    continue
-            kept.append(i)
-            kept_tokens += tokens[i]
-            if vecs is not None:
-                kept_vecs.append(vecs[j])
-        pos += 64
+    budgets = _budgets(cfg, group, n)
+    for name, (row_budget, token_budget) in budgets.items():
+        members = [i for i in candidates if group[i] == name]
+        _fill(members, row_budget, token_budget, tokens, instr, locs, cfg, embedder, kept, kept_vecs, reasons)
+    kept.sort(key=lambda i: (sign * score_a[i], i))  # one ranking across groups
+    kept_tokens = sum(tokens[i] for i in kept)
     kept_set = set(kept)
     for i in candidates:
         if i not in reasons and i not in kept_set:
-            reasons[i] = budget_reason
+            reasons[i] = budget_reason if not cfg.stratify else (
+                "over budget", f"{budget_reason[1]}, group {cfg.stratify}={group[i]!r}")
     rank = {i: r + 1 for r, i in enumerate(kept)}
 
     run.dropped.unlink(missing_ok=True)
@@ -189,7 +180,75 @@ def run_select(input_path: str | os.PathLike, output: str | os.PathLike, cfg: Se
         "dropped_by_reason": by_reason,
         "cutoff_score": None if cutoff is None else float(cutoff),
         "ppl_bounds": bounds or None,
+        "groups": _group_counts(group, kept, budgets) if cfg.stratify else None,
         "timings": {"total_s": round(time.perf_counter() - t0, 3)},
     }
     write_json_atomic(run.dir / "select.json", manifest)
     return manifest
+
+
+def _group_of(record: dict[str, Any], column: str) -> str:
+    value = record.get(column)
+    return "(missing)" if value is None else (json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value))
+
+
+def _budgets(cfg: SelectConfig, group: list[str], n: int) -> dict[str, tuple[int | None, float | None]]:
+    """Each group's (row budget, token budget). Unstratified: one group with the whole budget.
+    Stratified: the budget split in proportion to the group's share of the input rows (rows
+    rounded half up), each group given at least `stratify_min` rows it has."""
+    sizes: dict[str, int] = {}
+    for g in group:
+        sizes[g] = sizes.get(g, 0) + 1
+    out: dict[str, tuple[int | None, float | None]] = {}
+    for name, size in sorted(sizes.items()):
+        if cfg.retain is not None:
+            rows = max(1, math.floor(cfg.retain * (size if cfg.stratify else n) + 0.5))  # half up
+            out[name] = (max(rows, min(cfg.stratify_min, size)), None)
+        else:
+            assert cfg.max_tokens is not None
+            out[name] = (min(cfg.stratify_min, size) or None if cfg.stratify_min else None,
+                         cfg.max_tokens * (size / n if cfg.stratify else 1.0))
+    return out
+
+
+def _fill(members: list[int], row_budget: int | None, token_budget: float | None, tokens: list[int], instr: list[str],
+          locs: list[Any], cfg: SelectConfig, embedder: Any, kept: list[int], kept_vecs: list[np.ndarray],
+          reasons: dict[int, tuple[str, str]]) -> None:
+    """Keep `members` (in rank order) until the row or token budget is spent; rank order is
+    strict: nothing below a row that did not fit is kept. Near duplicates of any kept row
+    (all groups) are skipped with a reason."""
+    count, spent_tokens = 0, 0
+    pos, spent = 0, False
+    while pos < len(members) and not spent:
+        block = members[pos : pos + 64]
+        vecs = embedder.embed([instr[i] for i in block]) if cfg.diversity else None
+        for j, i in enumerate(block):
+            over_rows = row_budget is not None and count >= row_budget
+            over_tokens = token_budget is not None and spent_tokens + tokens[i] > token_budget
+            if cfg.stratify_min and cfg.max_tokens is not None:  # the minimum wins over the token share
+                over_tokens = over_tokens and (row_budget is None or count >= row_budget)
+                over_rows = False
+            spent = over_rows or over_tokens
+            if spent:
+                break
+            if vecs is not None and kept_vecs:
+                sims = np.stack(kept_vecs) @ vecs[j]
+                best = int(np.argmax(sims))
+                if sims[best] > cfg.diversity:
+                    reasons[i] = ("near duplicate", f"cosine {sims[best]:.3f} to the kept row at line {locs[kept[best]]}")
+                    continue
+            kept.append(i)
+            count += 1
+            spent_tokens += tokens[i]
+            if vecs is not None:
+                kept_vecs.append(vecs[j])
+        pos += 64
+
+
+def _group_counts(group: list[str], kept: list[int], budgets: dict[str, Any]) -> dict[str, dict[str, int]]:
+    out = {name: {"rows": 0, "kept": 0} for name in budgets}
+    for g in group:
+        out[g]["rows"] += 1
+    for i in kept:
+        out[group[i]]["kept"] += 1
+    return out
