@@ -95,3 +95,22 @@ def test_what_cannot_be_done_as_asked_is_refused_up_front(tmp_path):
     assert res.exit_code == 2 and "no rows to select from" in res.output
     with pytest.raises(ValueError, match="not .csv"):
         ontask.score(ROWS, output=tmp_path / "x.csv", progress=False)
+
+
+def test_limit_scores_the_first_rows_as_if_they_were_the_file(tmp_path, tiny_dir):
+    runner = CliRunner()
+    full, head = tmp_path / "full.jsonl", tmp_path / "head.jsonl"
+    full.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    head.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:4]))
+    common = ["--scorer", f"hf:{tiny_dir}", "--metrics", "ppl,ifd,tss", "-k", "2"]
+    res = runner.invoke(app, ["score", str(full), "-o", str(tmp_path / "a" / "s.jsonl"), "--limit", "4", *common,
+                              "--cache", str(tmp_path / "a.sqlite")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["score", str(head), "-o", str(tmp_path / "b" / "s.jsonl"), *common,
+                              "--cache", str(tmp_path / "b.sqlite")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "a" / "s.jsonl").read_bytes() == (tmp_path / "b" / "s.jsonl").read_bytes()
+    manifest = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert manifest["counts"]["rows_scored"] == 4 and manifest["config"]["limit"] == 4
+    assert len(ontask.score(ROWS, scorer=f"hf:{tiny_dir}", metrics=["ppl"], limit=2, progress=False,
+                            cache=tmp_path / "c.sqlite")) == 2

@@ -75,7 +75,7 @@ def score(input: str | os.PathLike, output: str | os.PathLike, cfg: ScoreConfig,
 
     cfg.check_models()  # every role's provider and options, before anything loads
     check_output_name(output)
-    if not _has_rows(input, cfg.columns):
+    if not _has_rows(input, cfg.columns):  # (a --limit of 1 or more never empties a non-empty input)
         raise ValueError(f"{input}: no rows to score (the input is empty)")
     quiet_libraries()
     cache = open_cache(cache_path)

@@ -52,7 +52,7 @@ def score(data: Any, *, output: str | os.PathLike | None = None, cache: str | os
     work = tempfile.TemporaryDirectory(prefix="ontask-")
     source = _as_path(data, Path(work.name))
     out = Path(output) if output else Path(work.name) / "scored.jsonl"
-    with _bar(progress, _count(source), "score") as update:
+    with _bar(progress, _count(source, cfg.limit), "score") as update:
         manifest = api.score(source, out, cfg, cache_path=cache, progress=update)
     return _result(manifest, work)
 
@@ -111,11 +111,11 @@ def _rows(data: Any) -> list[Any]:
                     f"not {type(data).__name__}")
 
 
-def _count(path: Path) -> int | None:
+def _count(path: Path, limit: int | None = None) -> int | None:
     from .io import read_examples
 
     try:
-        return sum(len(c) for c in read_examples(path, None))
+        return sum(len(c) for c in read_examples(path, None, limit=limit))
     except Exception:  # the run itself reports input errors properly
         return None
 

@@ -54,12 +54,12 @@ ModelOptionOpt = typer.Option(None, "--model-option", help="ROLE.OPTION=VALUE (o
                               "device, dtype, batch_tokens, batch_size, max_length.")
 
 
-def _count_rows(path: Path, columns) -> int | None:
+def _count_rows(path: Path, columns, limit: int | None = None) -> int | None:
     """Rows for the progress bar's total (a cheap extra read; None if it fails)."""
     from ..io import read_examples
 
     try:
-        return sum(len(c) for c in read_examples(path, columns))
+        return sum(len(c) for c in read_examples(path, columns, limit=limit))
     except Exception:  # the real read reports errors properly
         return None
 
@@ -83,6 +83,7 @@ def score(
     embedder: Optional[str] = typer.Option(None, help="Sentence embedder for hard alternatives."),
     columns: Optional[str] = typer.Option(None, help="instruction=COL,input=COL,output=COL for other layouts."),
     seed: Optional[int] = typer.Option(None),
+    limit: Optional[int] = typer.Option(None, help="Score only the first N rows (try a slice before the whole file)."),
     batch_tokens: Optional[int] = typer.Option(None, help="Padded tokens per forward batch."),
     decomposer: Optional[str] = typer.Option(None, help="variants: model that decomposes rows without base_query/constraints."),
     composer: Optional[str] = typer.Option(None, help="variants: model that writes an edited constraint set back as an instruction."),
@@ -106,7 +107,7 @@ def score(
         flags = dict(
             metrics=parse_metrics(metrics) if metrics else None, alternatives=alternatives, k=k,
             aggregator=aggregator, lam=lam, quality=quality, scorer=scorer, base_url=base_url,
-            embedder=embedder, columns=parse_columns(columns) if columns else None, seed=seed,
+            embedder=embedder, columns=parse_columns(columns) if columns else None, seed=seed, limit=limit,
             batch_tokens=batch_tokens, decomposer=decomposer, composer=composer, verifier=verifier, db=db, check=check,
             engine=engine, ray_address=ray_address, workers=workers, model=model,
         )
@@ -123,7 +124,7 @@ def _run_score(input: Path, output: Path, cfg, cache_path: Path | None) -> dict:
     from .. import api
 
     try:
-        total = _count_rows(input, cfg.columns)
+        total = _count_rows(input, cfg.columns, cfg.limit)
         with row_progress(console, total, "score") as update:
             manifest = api.score(input, output, cfg, cache_path=cache_path, progress=update, status=console.status)
     except KeyboardInterrupt:

@@ -22,8 +22,12 @@ def read_examples(
     path: str | Path,
     columns: dict[str, str] | None = None,
     chunk_size: int = 1024,
+    limit: int | None = None,
 ) -> Iterator[list[Row]]:
     """Yield lists of Examples and Failures, in file order, one list per chunk of rows.
+
+    `limit`: only the first `limit` rows (Examples and Failures alike; a Self-Instruct
+    record's instances count one each), so a slice of a large file can be tried first.
 
     `columns` (from `parse_columns`) names the instruction/input/output columns and
     skips layout detection. A Self-Instruct row expands to one Example per instance, so
@@ -32,6 +36,7 @@ def read_examples(
     """
     file = str(path)
     layout: str | None = None  # decided by the first object record
+    seen = 0
     for records in iter_records(path, chunk_size):
         rows: list[Row] = []
         for loc, record in records:
@@ -41,7 +46,13 @@ def read_examples(
             if layout is None:
                 layout = _decide_layout(record, columns, file)
             rows.extend(to_examples(loc, record, layout, columns))
-        yield rows
+        if limit is not None:
+            rows = rows[: max(0, limit - seen)]
+            seen += len(rows)
+        if rows or limit is None:
+            yield rows
+        if limit is not None and seen >= limit:
+            return
 
 
 def _decide_layout(record: dict[str, Any], columns: dict[str, str] | None, file: str) -> str:

@@ -34,6 +34,7 @@ class ScoreConfig(RoleModels):
     share_prefix: bool = True
     base_url: str | None = None
     columns: dict[str, str] | None = None
+    limit: int | None = Field(None, ge=1, description="score only the first N rows (try a slice first)")
     # `variants` alternatives (TCIA's Remove/Replace of one constraint; tcia/variants.py)
     decomposer: str | None = None
     composer: str | None = None

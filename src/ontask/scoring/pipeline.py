@@ -109,7 +109,7 @@ class Scoring:
         if not kinds:
             return
         t = time.perf_counter()
-        for chunk in read_examples(path, self.cfg.columns):
+        for chunk in read_examples(path, self.cfg.columns, limit=self.cfg.limit):
             for item in chunk:
                 if isinstance(item, Example):
                     before = len(self.pool)
@@ -215,7 +215,7 @@ class Scoring:
 
     def score_all(self, path: Path, run: RunPaths, progress: Progress | None) -> tuple[S.RunningStats, S.RunningStats]:
         with ChunkSink(run) as sink:
-            for chunk in chunks(read_examples(path, self.cfg.columns), self.cfg.chunk_rows):
+            for chunk in chunks(read_examples(path, self.cfg.columns, limit=self.cfg.limit), self.cfg.chunk_rows):
                 sink.add(self.score_chunk(chunk))
                 if progress:
                     progress(len(chunk), self.tokens_computed)
@@ -225,7 +225,7 @@ class Scoring:
     def write_output(self, path: Path, run: RunPaths, tss_stats: S.RunningStats, q_stats: S.RunningStats) -> None:
         cfg = self.cfg
         with open(run.spool, encoding="utf-8") as spool, AtomicWriter(run.output) as writer:
-            for chunk in chunks(read_examples(path, cfg.columns), 1024):
+            for chunk in chunks(read_examples(path, cfg.columns, limit=cfg.limit), 1024):
                 rows = []
                 for seq, item in chunk:
                     if isinstance(item, Failure):
