@@ -313,7 +313,8 @@ class FakeServer:
         if self.reject_response_format and body.get("response_format") is not None:
             return _error(400, "response_format is not supported by this server")
         if self.reject_json_schema and (body.get("response_format") or {}).get("type") == "json_schema":
-            return _error(self.reject_json_schema, "Internal Server Error", "InternalServerError")
+            return _error(self.reject_json_schema, "1 validation error: ('body', 'response_format', 'type'): "
+                                                   "Input should be 'text' or 'json_object'", "InternalServerError")
         try:
             text = self.chat_handler(body)
         except FakeError as exc:

@@ -66,8 +66,15 @@ StructuredMode = Literal["auto", "response_format", "prompt"]
 STRUCTURED_MODES: tuple[str, ...] = ("auto", "response_format", "prompt")
 # How a JSON schema reaches the server, in the order "auto" tries them (see _send_structured).
 STRUCTURED_FORMS: tuple[str, ...] = ("response_format", "json_object", "prompt")
-# The statuses with which servers refuse a form: 400 (vLLM, most), 500 (llama-cpp-python).
-FORM_REFUSALS = (400, 500)
+
+
+def _refuses_form(exc: "_Failure") -> bool:
+    """Whether a failed probe refused the way the schema was sent: any 400 (vLLM, most), or a
+    500 that says so (llama-cpp-python validates `response_format` and answers 500 naming it).
+    Any other 500 is a fault: it is retried with the same form, never taken for a refusal."""
+    if exc.status == 400:
+        return True
+    return exc.status == 500 and ("response_format" in exc.reason or "json_schema" in exc.reason)
 TOP_LOGPROBS = 20  # the most OpenAI and vLLM (default max_logprobs) return
 
 
@@ -233,7 +240,7 @@ class OpenAIChatGenerator:
                 try:
                     reply = await self._attempt(call, body, tally)  # once: a refusal moves to the next form
                 except _Failure as exc:
-                    if exc.status not in FORM_REFUSALS:
+                    if not _refuses_form(exc):
                         if not exc.retryable:
                             raise
                         # not about the form: retry as usual, the probes counted as attempts
