@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import api
+from .records import settings_error
 from .scoring.config import ScoreConfig
 from .selection import SelectConfig
 
@@ -62,7 +63,7 @@ def select(data: Any, *, output: str | os.PathLike | None = None, **settings: An
     max_tokens, ifd_max, ...). `data` may be a `Result` of `score`."""
     cfg = _settings(SelectConfig, settings)
     work = tempfile.TemporaryDirectory(prefix="ontask-")
-    source = data.output if isinstance(data, Result) else _as_path(data, Path(work.name))
+    source = _as_path(data, Path(work.name))
     out = Path(output) if output else Path(work.name) / "selected.jsonl"
     manifest = api.select(source, out, cfg)
     return _result(manifest, work, failures_key="dropped")
@@ -73,10 +74,7 @@ def _settings(cls: type, settings: dict[str, Any]) -> Any:
     try:
         return cls(**settings)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or cls.__name__}: "
-                             f"{'unknown setting' if e['type'] == 'extra_forbidden' else e['msg'].removeprefix('Value error, ')}"
-                             for e in err.errors())
-        raise ValueError(problems) from None
+        raise ValueError(settings_error(err)) from None
 
 
 def _as_path(data: Any, folder: Path) -> Path:

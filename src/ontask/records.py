@@ -69,3 +69,18 @@ class InputError(ValueError):
         if field:
             where += f" (field '{field}')"
         super().__init__(f"{where}: {reason}")
+
+
+def settings_error(err: Exception) -> str:
+    """A settings error in words, `field: message` per problem, not pydantic's dump (the CLI
+    and the Python API both report bad settings this way)."""
+    from pydantic import ValidationError
+
+    if not isinstance(err, ValidationError):
+        return str(err)
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"])
+        msg = "unknown setting" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)

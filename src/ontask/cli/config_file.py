@@ -28,19 +28,3 @@ def merged(config_file: Path | None, section: str, flags: dict[str, Any]) -> dic
                      for role in {**data["models"], **value}}
         data[key] = value
     return data
-
-
-def settings_error(err: Exception) -> str:
-    """A settings error in words: `field: message` per problem, not pydantic's dump."""
-    from pydantic import ValidationError
-
-    if not isinstance(err, ValidationError):
-        return str(err)
-    parts = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown setting"
-        parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts)

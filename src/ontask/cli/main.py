@@ -15,7 +15,8 @@ from rich.table import Table
 
 from ..records import InputError
 from ..models.roles import apply_model_options
-from .config_file import merged, settings_error
+from ..records import settings_error
+from .config_file import merged
 from .progress import row_progress
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Task-specific instruction-tuning data: augment, score, select.")

@@ -13,12 +13,12 @@ from typing import Any, Iterator, Optional
 
 import click
 import typer
-from pydantic import ValidationError
+from pydantic import ConfigDict, ValidationError
 from rich.table import Table
 
-from ..records import InputError
-from ..models.roles import apply_model_options
-from .config_file import merged, settings_error
+from ..models.roles import RoleModels, apply_model_options
+from ..records import InputError, settings_error
+from .config_file import merged
 from .progress import stage_progress
 
 db_app = typer.Typer(no_args_is_help=True, help="The constraint database TCIA draws edits from.")
@@ -44,21 +44,27 @@ def _reported() -> Iterator[None]:
         _main()._fail(str(err))
 
 
-def _role_spec(role: str, value: str | None, model: str | None, base_url: str | None, options: list[str] | None):
-    """The spec of a command's one model role from its flags (role flag > --model > embedded;
-    --model-option ROLE.OPTION=VALUE; --base-url where the provider takes one), checked now."""
-    from ..models.registry import check_spec
-    from ..models.roles import provider_options
-    from ..models.spec import parse_option_assignments, parse_spec
+class _DecomposerModels(RoleModels):
+    """The one model role of decompose, db build and eval decompose, resolved by the same rules
+    as the roles of score and augment: --decomposer > --model > embedded, --model-option,
+    --base-url where the provider takes one."""
 
-    parsed = parse_option_assignments(options)
-    others = sorted(set(parsed) - {"*", role})
-    if others:
-        raise ValueError(f"--model-option: this command has one model role, {role} (not {', '.join(others)})")
-    spec = parse_spec({"spec": value or model or "embedded", **parsed.get("*", {}), **parsed.get(role, {})}, where=role)
-    if base_url and "base_url" in provider_options(spec):
-        spec = spec.with_defaults(base_url=base_url)
-    return check_spec(spec, where=role)
+    model_config = ConfigDict(extra="forbid")
+    chat_roles = ("decomposer",)
+    decomposer: str | None = None
+    base_url: str | None = None
+
+
+def _decomposer_spec(value: str | None, model: str | None, base_url: str | None, options: list[str] | None):
+    """The decomposer's spec from its flags, checked before anything loads."""
+    flags: dict[str, Any] = {"decomposer": value, "model": model, "base_url": base_url}
+    apply_model_options(flags, options, _DecomposerModels.chat_roles)
+    try:
+        settings = _DecomposerModels(**flags)
+    except ValidationError as err:
+        raise ValueError(settings_error(err)) from None
+    settings.check_models()
+    return settings.spec_for("decomposer")
 
 
 def failed_path(output: Path) -> Path:
@@ -91,7 +97,7 @@ def decompose_cmd(
 
     m = _main()
     with _reported():
-        spec = _role_spec("decomposer", decomposer, model, base_url, model_option)
+        spec = _decomposer_spec(decomposer, model, base_url, model_option)
     if not input.exists():
         m._fail(f"{input}: no such file or folder")
     with _reported(), stage_progress(m.console) as stage:
@@ -117,7 +123,7 @@ def db_build(
     """Build the constraint database: decompose, embed, cluster task types, index constraints."""
     m = _main()
     with _reported():
-        spec = _role_spec("decomposer", decomposer, model, base_url, model_option)
+        spec = _decomposer_spec(decomposer, model, base_url, model_option)
     if not input.exists():
         m._fail(f"{input}: no such file or folder")
     with _reported():
@@ -130,7 +136,7 @@ def db_build_from(input: Path, output: Path, cache: Path | None, decomposer: Any
     from .. import api
 
     m = _main()
-    spec = decomposer if decomposer is None or not isinstance(decomposer, str) else _role_spec("decomposer", decomposer, None, base_url, None)
+    spec = decomposer if decomposer is None or not isinstance(decomposer, str) else _decomposer_spec(decomposer, None, base_url, None)
     with stage_progress(m.console) as stage:
         db, failed = api.build_db(input, output, decomposer=spec, embedder=embedder, eps=eps, min_samples=min_samples,
                                   cache_path=cache, tick=stage("decompose", None), status=m.console.status)
@@ -274,7 +280,7 @@ def eval_decompose(
 
     m = _main()
     with _reported():
-        spec = _role_spec("decomposer", decomposer, model, base_url, model_option)
+        spec = _decomposer_spec(decomposer, model, base_url, model_option)
     if not input.exists():
         m._fail(f"{input}: no such file or folder")
     m._quiet_libraries()

@@ -53,7 +53,7 @@ class RoleModels(BaseModel):
                 setattr(self, role, default)
         for role in self.role_names():
             spec = self.spec_for(role)
-            if provider_class_or_none(spec.provider) is not None:  # unknown names: `check_models` (at run time)
+            if provider_class(spec.provider) is not None:  # unknown names: `check_models` (at run time)
                 spec = check_spec(spec, where=f"models.{role}")
             wrong = (SCORING_ONLY if _base(role) in self.chat_roles else CHAT_ONLY) & set(spec.options())
             if wrong:
@@ -90,10 +90,6 @@ class RoleModels(BaseModel):
     def role_defaults(self) -> dict[str, Any]:
         """Run-wide defaults of spec options (e.g. the top-level base_url); subclasses extend it."""
         return {"base_url": getattr(self, "base_url", None)}
-
-
-def provider_class_or_none(name: str) -> type | None:
-    return provider_class(name)
 
 
 def provider_options(spec: ModelSpec) -> frozenset[str]:
