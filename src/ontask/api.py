@@ -234,6 +234,17 @@ def augment(cfg: AugmentConfig, output: str | os.PathLike, *, seeds: list[Any], 
         return run_augment(seeds, inputs, cfg, output, db=db, embedder=emb, roles=roles, progress=progress)
 
 
+def count_rows(path: str | os.PathLike, columns: Any = None, limit: int | None = None) -> int | None:
+    """Rows a score run will read, for a progress bar's total (a cheap extra read; None when
+    the input cannot be read: the run itself reports why, with file and line)."""
+    from .io import read_examples
+
+    try:
+        return sum(len(c) for c in read_examples(Path(path), columns, limit=limit))
+    except Exception:
+        return None
+
+
 def _has_rows(path: str | os.PathLike, columns: Any) -> bool:
     """Whether the input holds at least one row (read lazily: stops at the first chunk)."""
     from .io import read_examples

@@ -53,7 +53,7 @@ def score(data: Any, *, output: str | os.PathLike | None = None, cache: str | os
     work = tempfile.TemporaryDirectory(prefix="ontask-")
     source = _as_path(data, Path(work.name))
     out = Path(output) if output else Path(work.name) / "scored.jsonl"
-    with _bar(progress, _count(source, cfg.limit), "score") as update:
+    with _bar(progress, api.count_rows(source, cfg.columns, cfg.limit), "score") as update:
         manifest = api.score(source, out, cfg, cache_path=cache, progress=update)
     return _result(manifest, work)
 
@@ -107,15 +107,6 @@ def _rows(data: Any) -> list[Any]:
         return list(data)
     raise TypeError(f"data must be a path, a list of dicts, a pandas DataFrame or a datasets.Dataset, "
                     f"not {type(data).__name__}")
-
-
-def _count(path: Path, limit: int | None = None) -> int | None:
-    from .io import read_examples
-
-    try:
-        return sum(len(c) for c in read_examples(path, None, limit=limit))
-    except Exception:  # the run itself reports input errors properly
-        return None
 
 
 class _bar:

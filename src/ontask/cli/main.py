@@ -55,16 +55,6 @@ ModelOptionOpt = typer.Option(None, "--model-option", help="ROLE.OPTION=VALUE (o
                               "device, dtype, batch_tokens, batch_size, max_length.")
 
 
-def _count_rows(path: Path, columns, limit: int | None = None) -> int | None:
-    """Rows for the progress bar's total (a cheap extra read; None if it fails)."""
-    from ..io import read_examples
-
-    try:
-        return sum(len(c) for c in read_examples(path, columns, limit=limit))
-    except Exception:  # the real read reports errors properly
-        return None
-
-
 @app.command(epilog="Examples:\n\n  ontask score data.jsonl -o out/ --metrics ppl,ifd,tss,tss++ -k 4\n\n  ontask score alpaca.parquet -o scored.parquet --alternatives hard --scorer hf:/models/qwen\n\n"
                      "  ontask score run/data.jsonl -o scored/ --alternatives variants --db db/ --composer openai:gpt-4.1 --base-url URL")
 def score(
@@ -125,7 +115,7 @@ def _run_score(input: Path, output: Path, cfg, cache_path: Path | None) -> dict:
     from .. import api
 
     try:
-        total = _count_rows(input, cfg.columns, cfg.limit)
+        total = api.count_rows(input, cfg.columns, cfg.limit)
         with row_progress(console, total, "score") as update:
             manifest = api.score(input, output, cfg, cache_path=cache_path, progress=update, status=console.status)
     except KeyboardInterrupt:

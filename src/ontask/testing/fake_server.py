@@ -234,24 +234,20 @@ class FakeServer:
         if self.max_concurrent is not None and entry["in_flight"] > self.max_concurrent:
             return _error(429, f"more than {self.max_concurrent} concurrent requests", "RateLimitError",
                           self._retry_after_headers(), fault="concurrency")
-        if entry["path"] not in MODEL_CALLS:  # tokenize / template endpoints: instant, never faulty
-            if not isinstance(body, dict):
-                return _error(400, "body must be a JSON object")
-            if entry["path"] != "/apply-template" and body.get("model") not in self.model_names:
-                return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
-            return answer(body)
-        if self.latency:
-            await asyncio.sleep(self.latency)
-        fault = entry["fault"] = self._draw_fault()
-        if fault == "500":
-            return _error(500, "injected internal server error", "InternalServerError", fault=fault)
-        if fault == "429":
-            return _error(429, "injected rate limit", "RateLimitError", self._retry_after_headers(), fault=fault)
-        if fault == "timeout":
-            await asyncio.sleep(self.timeout_delay)
+        fault = None
+        if entry["path"] in MODEL_CALLS:  # latency and faults: model calls only (tokenize / template are instant)
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            fault = entry["fault"] = self._draw_fault()
+            if fault == "500":
+                return _error(500, "injected internal server error", "InternalServerError", fault=fault)
+            if fault == "429":
+                return _error(429, "injected rate limit", "RateLimitError", self._retry_after_headers(), fault=fault)
+            if fault == "timeout":
+                await asyncio.sleep(self.timeout_delay)
         if not isinstance(body, dict):
             return _error(400, "body must be a JSON object")
-        if body.get("model") not in self.model_names:
+        if entry["path"] != "/apply-template" and body.get("model") not in self.model_names:  # llama.cpp's takes none
             return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
         reply = answer(body)
         if fault is not None:

@@ -39,7 +39,7 @@ from typing import Any, Awaitable, Callable, Literal, Sequence
 import aiohttp
 from pydantic import BaseModel
 
-from ..transport.endpoint import public_url, resolve_api_key, resolve_base_url, run_sync
+from ..transport.endpoint import public_url, resolve_api_key, resolve_base_url, run_sync, scrub_key
 from ..base import (
     ChatOutcome,
     ChatRequest,
@@ -339,9 +339,7 @@ class OpenAIChatGenerator:
         return _Failure(reason, status, retryable=True, retry_after=wait)
 
     def _scrub(self, text: str) -> str:
-        """Belt and braces: no error text ever carries the API key."""
-        key = self._api_key
-        return text.replace(key, "***") if key and key != "EMPTY" and len(key) >= 4 else text
+        return scrub_key(text, self._api_key)
 
 
 def load_openai_generator(model: str, **opts: Any) -> OpenAIChatGenerator:

@@ -41,7 +41,7 @@ import aiohttp
 from ..transport.rate import RateControl, RateController, RateState, new_state
 from ..transport.retry import Failure, RetryPolicy, retry_after_seconds, retrying
 from ..base import PassError, PassOutcome, PassRequest, PassResult, fingerprint_of
-from ..transport.endpoint import public_url, resolve_api_key, resolve_base_url, run_sync
+from ..transport.endpoint import public_url, resolve_api_key, resolve_base_url, run_sync, scrub_key
 from ..transport.http import HTTPStatusError, TimedOut, Unreachable, post_json, post_json_sync, session
 from ..local.templates import SplicedTemplate, gguf_template, jinja_env, template_text
 from ..local.tokenized import split_pass
@@ -198,9 +198,7 @@ class ServerScorer:
         return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + path, parts.query, ""))
 
     def _scrub(self, text: str) -> str:
-        """Belt and braces: no error text ever carries the API key."""
-        key = self._api_key
-        return text.replace(key, "***") if key and key != "EMPTY" and len(key) >= 4 else text
+        return scrub_key(text, self._api_key)
 
     def _root(self) -> str:
         """The server's root: tokenize and template endpoints live beside /v1 (`_root() + path`

@@ -43,6 +43,11 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def scrub_key(text: str, key: str) -> str:
+    """Belt and braces: no error text ever carries the API key."""
+    return text.replace(key, "***") if key and key != "EMPTY" and len(key) >= 4 else text
+
+
 def run_sync(make: Callable[[], Awaitable[T]]) -> T:
     """Run the coroutine `make()` to completion from synchronous code, inside a running loop too."""
     try:
