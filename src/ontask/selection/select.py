@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -140,9 +141,11 @@ def run_select(input_path: str | os.PathLike, output: str | os.PathLike, cfg: Se
     kept_vecs: list[np.ndarray] = []
     budget_reason = ("over budget", f"--retain {cfg.retain}" if cfg.retain is not None else f"--max-tokens {cfg.max_tokens}")
     budgets = _budgets(cfg, group, n)
-    for name, (row_budget, token_budget) in budgets.items():
-        members = [i for i in candidates if group[i] == name]
-        _fill(members, row_budget, token_budget, tokens, instr, locs, cfg, embedder, kept, kept_vecs, reasons)
+    members: dict[str, list[int]] = {name: [] for name in budgets}
+    for i in candidates:  # rank order within each group
+        members[group[i]].append(i)
+    for name, budget in budgets.items():
+        _fill(members[name], budget, tokens, instr, locs, cfg, embedder, kept, kept_vecs, reasons)
     kept.sort(key=lambda i: (sign * score_a[i], i))  # one ranking across groups
     kept_tokens = sum(tokens[i] for i in kept)
     kept_set = set(kept)
@@ -192,43 +195,50 @@ def _group_of(record: dict[str, Any], column: str) -> str:
     return "(missing)" if value is None else (json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value))
 
 
-def _budgets(cfg: SelectConfig, group: list[str], n: int) -> dict[str, tuple[int | None, float | None]]:
-    """Each group's (row budget, token budget). Unstratified: one group with the whole budget.
-    Stratified: the budget split in proportion to the group's share of the input rows (rows
-    rounded half up), each group given at least `stratify_min` rows it has."""
+@dataclass(frozen=True)
+class _Budget:
+    """One group's budget: at most `max_rows` rows or `max_tokens` tokens, and with a token
+    budget, at least `min_rows` rows whatever they cost (`--stratify-min`)."""
+
+    max_rows: int | None = None
+    max_tokens: float | None = None
+    min_rows: int = 0
+
+
+def _budgets(cfg: SelectConfig, group: list[str], n: int) -> dict[str, _Budget]:
+    """Each group's budget. Unstratified: one group with the whole budget. Stratified: the
+    budget split in proportion to the group's share of the input rows (rows rounded half
+    up), each group given at least `stratify_min` rows it has."""
     sizes: dict[str, int] = {}
     for g in group:
         sizes[g] = sizes.get(g, 0) + 1
-    out: dict[str, tuple[int | None, float | None]] = {}
+    out: dict[str, _Budget] = {}
     for name, size in sorted(sizes.items()):
+        least = min(cfg.stratify_min, size)
         if cfg.retain is not None:
             rows = max(1, math.floor(cfg.retain * (size if cfg.stratify else n) + 0.5))  # half up
-            out[name] = (max(rows, min(cfg.stratify_min, size)), None)
+            out[name] = _Budget(max_rows=max(rows, least))
         else:
             assert cfg.max_tokens is not None
-            out[name] = (min(cfg.stratify_min, size) or None if cfg.stratify_min else None,
-                         cfg.max_tokens * (size / n if cfg.stratify else 1.0))
+            out[name] = _Budget(max_tokens=cfg.max_tokens * (size / n if cfg.stratify else 1.0), min_rows=least)
     return out
 
 
-def _fill(members: list[int], row_budget: int | None, token_budget: float | None, tokens: list[int], instr: list[str],
-          locs: list[Any], cfg: SelectConfig, embedder: Any, kept: list[int], kept_vecs: list[np.ndarray],
+def _fill(members: list[int], budget: _Budget, tokens: list[int], instr: list[str], locs: list[Any],
+          cfg: SelectConfig, embedder: Any, kept: list[int], kept_vecs: list[np.ndarray],
           reasons: dict[int, tuple[str, str]]) -> None:
-    """Keep `members` (in rank order) until the row or token budget is spent; rank order is
-    strict: nothing below a row that did not fit is kept. Near duplicates of any kept row
-    (all groups) are skipped with a reason."""
+    """Keep `members` (in rank order) until the budget is spent; rank order is strict: nothing
+    below a row that did not fit is kept. Near duplicates of any kept row (all groups) are
+    skipped with a reason."""
     count, spent_tokens = 0, 0
     pos, spent = 0, False
     while pos < len(members) and not spent:
         block = members[pos : pos + 64]
         vecs = embedder.embed([instr[i] for i in block]) if cfg.diversity else None
         for j, i in enumerate(block):
-            over_rows = row_budget is not None and count >= row_budget
-            over_tokens = token_budget is not None and spent_tokens + tokens[i] > token_budget
-            if cfg.stratify_min and cfg.max_tokens is not None:  # the minimum wins over the token share
-                over_tokens = over_tokens and (row_budget is None or count >= row_budget)
-                over_rows = False
-            spent = over_rows or over_tokens
+            spent = (budget.max_rows is not None and count >= budget.max_rows) or (
+                budget.max_tokens is not None and count >= budget.min_rows
+                and spent_tokens + tokens[i] > budget.max_tokens)
             if spent:
                 break
             if vecs is not None and kept_vecs:
