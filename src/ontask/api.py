@@ -190,15 +190,12 @@ def build_db(input: Path, output: Path, *, decomposer: ModelSpec | str | None = 
 def build_roles(cfg: AugmentConfig, cache: ResultCache) -> Any:
     """One loaded model per distinct spec, one cached view per role; local models in Ray actor
     pools with `--engine ray` (a Ray session must be open: see `augment`)."""
-    from .tcia.pipeline import Roles
+    from .tcia.pipeline import Roles, local_loader
 
     if cfg.engine == "ray":
         from .engine.ray_generate import ray_loader
 
-        def local(spec: ModelSpec) -> Any:
-            return load_generator(spec, rate=cfg.rate, repetition_penalty=cfg.local_repetition_penalty)
-
-        return Roles(cfg, cache, loader=ray_loader(cfg, local))
+        return Roles(cfg, cache, loader=ray_loader(cfg, local_loader(cfg)))
     return Roles(cfg, cache)
 
 

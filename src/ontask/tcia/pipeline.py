@@ -80,6 +80,12 @@ class Item:
     kept_rows: int = 0
 
 
+def local_loader(cfg: AugmentConfig) -> Callable[[ModelSpec], Generator]:
+    """Backends in this process. A spec carries its own options (base_url, concurrency, ...);
+    the run adds its policies (rate control, the local repetition penalty)."""
+    return lambda spec: load_generator(spec, rate=cfg.rate, repetition_penalty=cfg.local_repetition_penalty)
+
+
 class Roles:
     """One loaded backend per distinct model spec, one cached view (and stats) per role.
 
@@ -87,8 +93,7 @@ class Roles:
     Ray engine's loader for `--engine ray`)."""
 
     def __init__(self, cfg: AugmentConfig, cache: ResultCache | None, loader: Callable[[ModelSpec], Generator] | None = None) -> None:
-        # A spec carries its own options (base_url, concurrency, ...); the run adds its policies.
-        load = loader or (lambda spec: load_generator(spec, rate=cfg.rate, repetition_penalty=cfg.local_repetition_penalty))
+        load = loader or local_loader(cfg)
         backends: dict[ModelSpec, Generator] = {}  # one per distinct spec: two servers stay two
         self.by_role: dict[str, CachedGenerator] = {}
         for role, spec in cfg.roles().items():
