@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+from ontask.runs import side_file
 import math
 from pathlib import Path
 from typing import Any
@@ -124,13 +125,13 @@ def test_bad_rows_go_to_failed_jsonl_and_good_rows_are_scored(tiny_dir, tmp_path
         assert row["ppl"] > 1.0  # a random model is unsure of everything
         assert isinstance(row["tokens"], int) and row["tokens"] > 0
 
-    check_failed(read_jsonl(out.parent / "failed.jsonl"), expected, src)
+    check_failed(read_jsonl(side_file(out, "failed.jsonl")), expected, src)
 
-    manifest = json.loads((out.parent / "run.json").read_text(encoding="utf-8"))
+    manifest = json.loads((side_file(out, "run.json")).read_text(encoding="utf-8"))
     c = manifest["counts"]
     assert c["rows_scored"] == len(good)
     assert c["rows_failed"] == len(expected)
-    assert manifest["failed"] == str(out.parent / "failed.jsonl")
+    assert manifest["failed"] == str(side_file(out, "failed.jsonl"))
     assert "failed" in flat(result.output)
 
 
@@ -141,7 +142,7 @@ def test_bad_first_line_does_not_stop_the_file(tiny_dir, tmp_path):
     result = score(tiny_dir, src, out, tmp_path / "c.sqlite")
     assert result.exit_code == 0, result.output
     assert [r["id"] for r in read_jsonl(out)] == ["good-1", "good-2"]
-    failed = read_jsonl(out.parent / "failed.jsonl")
+    failed = read_jsonl(side_file(out, "failed.jsonl"))
     assert {f["line"]: f["reason"].split(":")[0] for f in failed} == {1: "invalid JSON", 3: "not valid UTF-8"}
 
 
@@ -152,7 +153,7 @@ def test_rerun_after_appending_a_bad_line_recomputes_nothing(tiny_dir, tmp_path)
     cache = tmp_path / "c.sqlite"
     first = score(tiny_dir, src, out, cache)
     assert first.exit_code == 0, first.output
-    run1 = json.loads((out.parent / "run.json").read_text(encoding="utf-8"))
+    run1 = json.loads((side_file(out, "run.json")).read_text(encoding="utf-8"))
     passes = 2 * len(good)  # ppl,ifd: the true and the empty pass of each good row
     assert run1["counts"]["passes_computed"] == passes
     assert run1["counts"]["passes_cached"] == 0
@@ -163,14 +164,14 @@ def test_rerun_after_appending_a_bad_line_recomputes_nothing(tiny_dir, tmp_path)
         f.write(b'{"instruction": "appended and broken", \n')
     second = score(tiny_dir, src, out, cache)
     assert second.exit_code == 0, second.output
-    run2 = json.loads((out.parent / "run.json").read_text(encoding="utf-8"))
+    run2 = json.loads((side_file(out, "run.json")).read_text(encoding="utf-8"))
     assert run2["counts"]["passes_cached"] == passes
     assert run2["counts"]["passes_computed"] == 0
     assert run2["counts"]["passes_needed"] == passes
     assert run2["tokens_computed"] == 0
     assert run2["counts"]["rows_failed"] == len(expected) + 1
     assert read_jsonl(out) == rows1  # same rows, same scores, bit for bit
-    failed = read_jsonl(out.parent / "failed.jsonl")
+    failed = read_jsonl(side_file(out, "failed.jsonl"))
     assert len(failed) == len(expected) + 1  # re-derived, not appended twice
     assert {f["line"] for f in failed} == set(expected) | {n_lines + 1}
 
@@ -233,7 +234,7 @@ def test_csv_with_columns_scores_when_names_match(tiny_dir, tmp_path):
     rows = read_jsonl(out)
     assert [r["answer"] for r in rows] == ["4", "Madrid"]
     assert all({"question", "context", "answer", "ppl", "ifd"} <= set(r) for r in rows)
-    failed = read_jsonl(out.parent / "failed.jsonl")
+    failed = read_jsonl(side_file(out, "failed.jsonl"))
     assert [(f["line"], f["field"]) for f in failed] == [(3, "answer")]
     assert "empty output" in failed[0]["reason"]
 

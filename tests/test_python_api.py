@@ -110,7 +110,7 @@ def test_limit_scores_the_first_rows_as_if_they_were_the_file(tmp_path, tiny_dir
                               "--cache", str(tmp_path / "b.sqlite")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "a" / "s.jsonl").read_bytes() == (tmp_path / "b" / "s.jsonl").read_bytes()
-    manifest = json.loads((tmp_path / "a" / "run.json").read_text())
+    manifest = json.loads((tmp_path / "a" / "s.run.json").read_text())
     assert manifest["counts"]["rows_scored"] == 4 and manifest["config"]["limit"] == 4
     assert len(ontask.score(ROWS, scorer=f"hf:{tiny_dir}", metrics=["ppl"], limit=2, progress=False,
                             cache=tmp_path / "c.sqlite")) == 2

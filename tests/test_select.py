@@ -8,6 +8,7 @@ and with which reason kind, and the counts in select.json.
 from __future__ import annotations
 
 import json
+from ontask.runs import side_file
 import math
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,8 @@ class Result:
     def __init__(self, out: Path, manifest: dict[str, Any]) -> None:
         self.manifest = manifest
         self.kept = read_jsonl(out)
-        self.dropped = read_jsonl(out.parent / "dropped.jsonl")
-        self.select_json = json.loads((out.parent / "select.json").read_text(encoding="utf-8"))
+        self.dropped = read_jsonl(side_file(out, "dropped.jsonl"))
+        self.select_json = json.loads((side_file(out, "select.json")).read_text(encoding="utf-8"))
 
     @property
     def kept_ids(self) -> list[str]:
@@ -406,13 +407,13 @@ def _strict_json(text: str) -> Any:
 
 def test_select_json_is_strict_json_with_one_ppl_bound(tmp_path):
     res = select(tmp_path, make_rows(), retain=1.0, ppl_max_pct=50)
-    _strict_json((tmp_path / "sel" / "select.json").read_text(encoding="utf-8"))
+    _strict_json((tmp_path / "sel" / "top.select.json").read_text(encoding="utf-8"))
     assert res.select_json["ppl_bounds"]["ppl_high"] == pytest.approx(4.5)  # median of PPL
 
 
 def test_select_json_is_strict_json_without_filters(tmp_path):
     select(tmp_path, make_rows(), retain=0.5)
-    _strict_json((tmp_path / "sel" / "select.json").read_text(encoding="utf-8"))
+    _strict_json((tmp_path / "sel" / "top.select.json").read_text(encoding="utf-8"))
 
 
 def test_stratify_keeps_every_group_at_the_budget(tmp_path):
@@ -433,7 +434,7 @@ def test_stratify_keeps_every_group_at_the_budget(tmp_path):
     def kept(out, *flags):
         res = runner.invoke(app, ["select", str(src), "-o", str(out), "--by", "tss", *flags])
         assert res.exit_code == 0, res.output
-        return [_json.loads(x) for x in out.read_text().splitlines()], _json.loads((out.parent / "select.json").read_text())
+        return [_json.loads(x) for x in out.read_text().splitlines()], _json.loads((side_file(out, "select.json")).read_text())
 
     plain, _ = kept(tmp_path / "plain" / "top.jsonl", "--retain", "0.5")
     assert [r["instruction"] for r in plain] == [f"a{i}" for i in range(6)]
@@ -441,7 +442,7 @@ def test_stratify_keeps_every_group_at_the_budget(tmp_path):
     assert [r["instruction"] for r in strat] == ["a0", "a1", "a2", "a3", "b0", "b1"]  # input order kept
     assert [r["rank"] for r in strat] == [1, 2, 3, 4, 5, 6]  # one ranking across groups
     assert manifest["groups"] == {"a": {"rows": 8, "kept": 4}, "b": {"rows": 4, "kept": 2}}
-    dropped = [_json.loads(x) for x in (tmp_path / "strat" / "dropped.jsonl").read_text().splitlines()]
+    dropped = [_json.loads(x) for x in (tmp_path / "strat" / "top.dropped.jsonl").read_text().splitlines()]
     assert all("group category='" in d["detail"] for d in dropped) and len(dropped) == 6
     tok, manifest = kept(tmp_path / "tok" / "top.jsonl", "--max-tokens", "30", "--stratify", "category",
                          "--stratify-min", "2")

@@ -164,7 +164,9 @@ def decompose(input: Path, output: Path, decomposer: ModelSpec | str | None, *, 
 
 def failed_path(output: Path) -> Path:
     """Where the failures of `decompose -o OUT` go: OUT's stem + .failed.jsonl, beside it."""
-    return output.with_name(output.stem + ".failed.jsonl")
+    from .runs import side_file
+
+    return side_file(output, "failed.jsonl")
 
 
 def build_db(input: Path, output: Path, *, decomposer: ModelSpec | str | None = None, embedder: str = "embedded",

@@ -1,4 +1,11 @@
-"""Where a command writes: its data file and, beside it, run.json and failed.jsonl."""
+"""Where a command writes: its data file and, beside it, side files named after it.
+
+A side file belongs to one output: `-o scored.jsonl` writes `scored.run.json` and
+`scored.failed.jsonl` (`select` adds `top.select.json` and `top.dropped.jsonl`), so two
+outputs in one folder never overwrite each other's manifests or failures. An output named
+`data.*` (what a folder output gets) owns its folder and its side files drop the stem:
+`run.json`, `failed.jsonl`, `select.json`, `dropped.jsonl`.
+"""
 
 from __future__ import annotations
 
@@ -42,24 +49,36 @@ class RunPaths:
 
     @property
     def manifest(self) -> Path:
-        return self.dir / "run.json"
+        return side_file(self.output, "run.json")
 
     @property
     def failed(self) -> Path:
-        return self.dir / "failed.jsonl"
+        return side_file(self.output, "failed.jsonl")
 
     @property
     def failed_partial(self) -> Path:
         """Failures of the run in progress; replaces `failed` when the output is written."""
-        return self.dir / "failed.jsonl.partial"
+        return self.failed.with_name(self.failed.name + ".partial")
 
     @property
     def dropped(self) -> Path:
-        return self.dir / "dropped.jsonl"
+        return side_file(self.output, "dropped.jsonl")
+
+    @property
+    def select_manifest(self) -> Path:
+        return side_file(self.output, "select.json")
 
     @property
     def spool(self) -> Path:
         return self.dir / f".{self.output.name}.spool.jsonl"
+
+
+def side_file(output: str | os.PathLike, name: str) -> Path:
+    """The side file `name` (run.json, failed.jsonl, select.json, dropped.jsonl) of `output`."""
+    output = Path(output)
+    if output.stem == "data":
+        return output.parent / name
+    return output.parent / f"{output.stem}.{name}"
 
 
 def versions() -> dict[str, str]:

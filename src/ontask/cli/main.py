@@ -16,6 +16,7 @@ from rich.table import Table
 from ..records import InputError
 from ..models.roles import apply_model_options
 from ..records import settings_error
+from ..runs import side_file
 from .config_file import merged
 from .progress import row_progress
 
@@ -128,7 +129,7 @@ def _run_score(input: Path, output: Path, cfg, cache_path: Path | None) -> dict:
         f"(passes: {c['passes_computed']} computed, {c['passes_cached']} cached; "
         f"{manifest['tokens_per_s'] or 0:,.0f} tok/s)"
     )
-    console.print(f"output: {manifest['output']}\nmanifest: {Path(manifest['output']).parent / 'run.json'}")
+    console.print(f"output: {manifest['output']}\nmanifest: {side_file(manifest['output'], 'run.json')}")
     if c["rows_failed"]:
         console.print(f"[yellow]failures with reasons:[/] {manifest['failed']}")
     return manifest

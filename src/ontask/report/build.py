@@ -260,7 +260,7 @@ def _failures(page: _Page, src: ReportSources) -> None:
     if src.augment_dir is not None:
         runs.append(("augment", src.augment_dir / "failed.jsonl"))
     if src.scored_file is not None:
-        runs.append(("score", src.scored_file.parent / "failed.jsonl"))
+        runs.append(("score", src.score_failed_file))
     total = 0
     for name, path in runs:
         counts, recs = av.failures_by_stage(path)
@@ -288,11 +288,11 @@ def _settings(page: _Page, src: ReportSources) -> None:
                           "models": _models(m.get("models") or {}), "blocks": _blocks(m, _AUGMENT_SHOWN)})
     if src.score_manifest:
         m = src.score_manifest
-        page.runs.append({"name": "score", "path": str(src.scored_file.parent / "run.json") if src.scored_file else "",
+        page.runs.append({"name": "score", "path": str(src.score_manifest_file or ""),
                           "models": None, "blocks": _blocks(m, _SCORE_SHOWN)})
     if src.select_manifest:
         m = src.select_manifest
-        page.runs.append({"name": "select", "path": str(src.select_dir / "select.json") if src.select_dir else "",
+        page.runs.append({"name": "select", "path": str(src.select_manifest_file or ""),
                           "models": None, "blocks": _blocks(m, _SELECT_SHOWN)})
 
 

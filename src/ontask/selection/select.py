@@ -186,7 +186,7 @@ def run_select(input_path: str | os.PathLike, output: str | os.PathLike, cfg: Se
         "groups": _group_counts(group, kept, budgets) if cfg.stratify else None,
         "timings": {"total_s": round(time.perf_counter() - t0, 3)},
     }
-    write_json_atomic(run.dir / "select.json", manifest)
+    write_json_atomic(run.select_manifest, manifest)
     return manifest
 
 
