@@ -21,6 +21,7 @@ from .cache import ResultCache
 from .models import CachedGenerator, ModelSpec, load_generator, load_scorer
 from .runs import check_output_name
 from .scoring.config import ScoreConfig
+from .scoring.pipeline import BudgetReached  # what a run stopped by --max-cost/--max-tokens-spent raises
 from .tcia.config import AugmentConfig
 
 Status = Callable[[str], ContextManager[Any]]  # shows "loading X" while a model loads
@@ -233,13 +234,11 @@ def augment(cfg: AugmentConfig, output: str | os.PathLike, *, seeds: list[Any], 
         return run_augment(seeds, inputs, cfg, output, db=db, embedder=emb, roles=roles, progress=progress)
 
 
-def count_rows(path: str | os.PathLike, columns: Any = None, limit: int | None = None) -> int | None:
+def count_rows(path: str | os.PathLike, cfg: ScoreConfig) -> int | None:
     """Rows a score run will read, for a progress bar's total (a cheap extra read; None when
     the input cannot be read: the run itself reports why, with file and line)."""
-    from .io import read_examples
-
     try:
-        return sum(len(c) for c in read_examples(Path(path), columns, limit=limit))
+        return sum(len(c) for c in cfg.rows(Path(path)))
     except Exception:
         return None
 

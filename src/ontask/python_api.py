@@ -53,7 +53,7 @@ def score(data: Any, *, output: str | os.PathLike | None = None, cache: str | os
     work = tempfile.TemporaryDirectory(prefix="ontask-")
     source = _as_path(data, Path(work.name))
     out = Path(output) if output else Path(work.name) / "scored.jsonl"
-    with _bar(progress, api.count_rows(source, cfg.columns, cfg.limit), "score") as update:
+    with _bar(progress, api.count_rows(source, cfg), "score") as update:
         manifest = api.score(source, out, cfg, cache_path=cache, progress=update)
     return _result(manifest, work)
 
@@ -110,7 +110,8 @@ def _rows(data: Any) -> list[Any]:
 
 
 class _bar:
-    """A tqdm progress bar (terminal or notebook) fed by the pipeline's `update(rows, tokens)`."""
+    """A tqdm progress bar (terminal or notebook) fed by the pipeline's `update(rows, passes, tokens)`:
+    it moves at every forward batch, in rows (a finished row) with passes and tokens beside."""
 
     def __init__(self, enabled: bool, total: int | None, label: str) -> None:
         self.enabled, self.total, self.label, self.bar = enabled, total, label, None
@@ -122,9 +123,13 @@ class _bar:
 
         self.bar = tqdm(total=self.total, desc=self.label, unit="row")
 
-        def update(rows: int, tokens: int) -> None:
+        passes = 0
+
+        def update(rows: int, passes_delta: int, tokens: int) -> None:
+            nonlocal passes
+            passes += passes_delta
+            self.bar.set_postfix(passes=f"{passes:,}", tokens=f"{tokens:,}", refresh=False)
             self.bar.update(rows)
-            self.bar.set_postfix(tokens=f"{tokens:,}", refresh=False)
 
         return update
 

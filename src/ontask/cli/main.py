@@ -18,7 +18,7 @@ from ..models.roles import apply_model_options
 from ..records import settings_error
 from ..runs import side_file
 from .config_file import merged
-from .progress import row_progress
+from .progress import pass_progress
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Task-specific instruction-tuning data: augment, score, select.")
 console = Console(stderr=True, soft_wrap=True)  # errors are never hard-wrapped mid-word (logs, narrow terminals)
@@ -114,13 +114,18 @@ def score(
 
 def _run_score(input: Path, output: Path, cfg, cache_path: Path | None) -> dict:
     from .. import api
+    from ..api import BudgetReached
 
     try:
-        total = api.count_rows(input, cfg.columns, cfg.limit)
-        with row_progress(console, total, "score") as update:
+        total = api.count_rows(input, cfg)
+        passes = total * cfg.passes_per_row if total is not None else None
+        with pass_progress(console, total, passes, "score") as update:
             manifest = api.score(input, output, cfg, cache_path=cache_path, progress=update, status=console.status)
     except KeyboardInterrupt:
-        _fail("interrupted; run the same command again to resume (finished passes are cached)", 130)
+        _fail("interrupted; run the same command again to resume (every finished batch of passes is cached)", 130)
+    except BudgetReached as err:
+        _fail(f"stopped: {err}. Every finished batch of passes is cached: run again with a larger budget "
+              "(or none) to resume where this run stopped", 3)
     except (InputError, ValueError, FileNotFoundError, RuntimeError) as err:
         _fail(str(err))
     c = manifest["counts"]

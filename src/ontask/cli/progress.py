@@ -11,32 +11,37 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 @contextmanager
-def row_progress(console: Console, total: int | None, label: str) -> Iterator:
-    """Yields `update(rows_done_delta, tokens_total)` for the scoring pipeline. The bar appears
-    at the first update, so a run that stops before any work (a refused setting, a server
-    that cannot give its template) prints its error without an empty bar above it."""
+def pass_progress(console: Console, rows: int | None, passes: int | None, label: str) -> Iterator:
+    """Yields `update(rows_done, passes_done, tokens_total)` for the scoring pipeline: the bar
+    counts passes (it moves at every forward batch; the total is at most `passes`, fewer
+    when hard alternatives skip near duplicates) and shows rows finished and tokens/s. The
+    bar appears at the first update, so a run that stops before any work (a refused setting,
+    a server that cannot give its template) prints its error without an empty bar above it."""
     start = time.perf_counter()
     columns = [
-        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("passes"),
         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
     ]
     bar = Progress(*columns, console=console, transient=False)
-    task = bar.add_task(label, total=total, rate="")
-    started = False
+    task = bar.add_task(label, total=passes, rate="")
+    started, rows_done = False, 0
 
-    def update(rows: int, tokens: int) -> None:
-        nonlocal started
+    def update(rows_delta: int, passes_delta: int, tokens: int) -> None:
+        nonlocal started, rows_done
         if not started:
             bar.start()
             started = True
+        rows_done += rows_delta
         dt = max(time.perf_counter() - start, 1e-9)
-        done = bar.tasks[0].completed + rows
-        bar.update(task, advance=rows, rate=f"{done / dt:.1f} rows/s, {tokens:,} tok ({tokens / dt:,.0f} tok/s)")
+        of = f"/{rows:,}" if rows is not None else ""
+        bar.update(task, advance=passes_delta, rate=f"rows {rows_done:,}{of}, {tokens:,} tok ({tokens / dt:,.0f} tok/s)")
 
     try:
         yield update
     finally:
         if started:
+            if bar.tasks[0].total is not None and rows is not None and rows_done >= rows:
+                bar.update(task, total=bar.tasks[0].completed)  # fewer passes than the most: the bar ends full
             bar.stop()
 
 

@@ -48,7 +48,7 @@ def score_on_ray(job: Any, path: Path, run: RunPaths, progress: Any) -> tuple[An
     cfg = job.cfg
     size = pool_size(ray, cfg.workers, cfg.worker_cpus, cfg.worker_gpus)
     context = ray.put(pickle.dumps((job.pool, job.hard, job.variant_sets)))
-    source = ExamplesSource(str(path), cfg.columns, cfg.chunk_rows, cfg.limit)
+    source = ExamplesSource(str(path), cfg.model_dump(), cfg.chunk_rows)
     # One read task (one file, numbered in order; reading is light, num_cpus=0 leaves the
     # cores to the actors). Its output buffer would merge the small chunk rows into one
     # block, which one actor would then score alone: a tiny target size makes every row
@@ -74,7 +74,7 @@ def score_on_ray(job: Any, path: Path, run: RunPaths, progress: Any) -> tuple[An
             job.tokens_computed += tokens
             scorer = scorer or described
             if progress:
-                progress(int(out["rows"]), job.tokens_computed)
+                progress(int(out["rows"]), counts.get("passes_needed", 0), job.tokens_computed)
     # chunks < workers means idle actors: lower chunk_rows for small inputs
     return sink.tss_stats, sink.q_stats, {"engine": "ray", **size.to_json(), "chunks": n_chunks, "scorer": scorer}
 
@@ -83,8 +83,8 @@ class ExamplesSource(ray.data.Datasource):
     """One input file read by ontask's reader: one block per chunk of `chunk_rows` items
     (Examples and Failures), each numbered as the local engine numbers it."""
 
-    def __init__(self, path: str, columns: dict[str, str] | None, chunk_rows: int, limit: int | None = None) -> None:
-        self.path, self.columns, self.chunk_rows, self.limit = path, columns, chunk_rows, limit
+    def __init__(self, path: str, cfg: dict[str, Any], chunk_rows: int) -> None:
+        self.path, self.cfg, self.chunk_rows = path, cfg, chunk_rows
 
     def estimate_inmemory_data_size(self) -> int | None:
         return Path(self.path).stat().st_size if Path(self.path).is_file() else None
@@ -92,19 +92,20 @@ class ExamplesSource(ray.data.Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
         # One file, read in order by one task that streams its blocks (the numbering is sequential).
-        path, columns, rows, limit = self.path, self.columns, self.chunk_rows, self.limit
+        path, cfg, rows = self.path, self.cfg, self.chunk_rows
         meta = BlockMetadata(num_rows=None, size_bytes=self.estimate_inmemory_data_size(),
                              exec_stats=None, input_files=(path,))
-        return [ReadTask(lambda: _read_blocks(path, columns, rows, limit), meta)]
+        return [ReadTask(lambda: _read_blocks(path, cfg, rows), meta)]
 
 
-def _read_blocks(path: str, columns: dict[str, str] | None, chunk_rows: int, limit: int | None = None) -> Iterator[Any]:
+def _read_blocks(path: str, cfg: dict[str, Any], chunk_rows: int) -> Iterator[Any]:
+    """The rows as the run reads them (all, the first `limit`, or a `sample`), chunked and numbered."""
     import pyarrow as pa
 
-    from ..io import read_examples
+    from ..scoring.config import ScoreConfig
     from ..scoring.pipeline import chunks
 
-    for n, chunk in enumerate(chunks(read_examples(path, columns, limit=limit), chunk_rows)):
+    for n, chunk in enumerate(chunks(ScoreConfig(**cfg).rows(path), chunk_rows)):
         yield pa.table({_CHUNK: [n], _ITEMS: [pickle.dumps(chunk)]})
 
 

@@ -23,17 +23,24 @@ def read_examples(
     columns: dict[str, str] | None = None,
     chunk_size: int = 1024,
     limit: int | None = None,
+    sample: int | None = None,
+    seed: int = 0,
 ) -> Iterator[list[Row]]:
     """Yield lists of Examples and Failures, in file order, one list per chunk of rows.
 
     `limit`: only the first `limit` rows (Examples and Failures alike; a Self-Instruct
     record's instances count one each), so a slice of a large file can be tried first.
+    `sample`: `sample` rows drawn at random (seeded by `seed`) from the whole file, still in
+    file order: a slice that looks like the file (an extra counting read of the file).
 
     `columns` (from `parse_columns`) names the instruction/input/output columns and
     skips layout detection. A Self-Instruct row expands to one Example per instance, so
     a chunk can hold more than `chunk_size` items. Raises `InputError` if the file cannot
     be read at all, or if its first record fits no layout (or lacks a named column).
     """
+    if sample is not None:
+        yield from _sampled(path, columns, chunk_size, sample, seed)
+        return
     file = str(path)
     layout: str | None = None  # decided by the first object record
     seen = 0
@@ -53,6 +60,21 @@ def read_examples(
             yield rows
         if limit is not None and seen >= limit:
             return
+
+
+def _sampled(path: str | Path, columns: dict[str, str] | None, chunk_size: int, n: int, seed: int
+             ) -> Iterator[list[Row]]:
+    """`n` rows of the file drawn without replacement, seeded, yielded in file order."""
+    import random
+
+    total = sum(len(chunk) for chunk in read_examples(path, columns, chunk_size))
+    keep = set(random.Random(seed).sample(range(total), min(n, total)))
+    seen = 0
+    for chunk in read_examples(path, columns, chunk_size):
+        picked = [row for i, row in enumerate(chunk, start=seen) if i in keep]
+        seen += len(chunk)
+        if picked:
+            yield picked
 
 
 def _decide_layout(record: dict[str, Any], columns: dict[str, str] | None, file: str) -> str:

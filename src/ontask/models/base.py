@@ -64,6 +64,7 @@ class PassError:
 
 
 PassOutcome = PassResult | PassError
+OnResults = Callable[[list[tuple[int, PassOutcome]]], None]
 
 
 @runtime_checkable
@@ -85,8 +86,13 @@ class Scorer(Protocol):
         """The chat-templated prompt text up to where the assistant's reply begins."""
         ...
 
-    def score(self, requests: Sequence[PassRequest]) -> list[PassOutcome]:
-        """Results aligned with `requests`. Must not raise for one bad request."""
+    def score(self, requests: Sequence[PassRequest], on_results: "OnResults | None" = None) -> list[PassOutcome]:
+        """Results aligned with `requests`. Must not raise for one bad request.
+
+        `on_results([(index, outcome), ...])` fires as soon as results are final (a forward
+        batch, a server answer): the caller commits them there, so an interrupt loses at
+        most the batch in flight. An exception it raises (a spent budget, Ctrl-C) stops the
+        call, and whatever was reported before stays reported."""
         ...
 
     def count_tokens(self, text: str) -> int:

@@ -62,6 +62,9 @@ def provider_class(name: str) -> type | None:
     return cls
 
 
+ACCOUNTING_OPTIONS = frozenset({"input_price", "output_price"})  # every provider: they change no result
+
+
 def provider_for(spec: ModelSpec) -> Provider:
     """The provider instance for `spec`, with the spec's options checked against what it takes."""
     name = spec.provider
@@ -70,7 +73,7 @@ def provider_for(spec: ModelSpec) -> Provider:
         forms = ", ".join(FORMS.get(n, f"{n}:TARGET") for n in provider_names())
         raise ValueError(f"unknown model '{spec.spec}': use one of {forms}")
     provider = cls()
-    extra = sorted(set(spec.options()) - set(provider.options))
+    extra = sorted(set(spec.options()) - set(provider.options) - ACCOUNTING_OPTIONS)
     if extra:
         raise ValueError(f"{spec.spec}: option(s) {', '.join(extra)} do not apply to {name} models "
                          f"(they take: {', '.join(sorted(provider.options)) or 'no options'})")

@@ -45,6 +45,16 @@ class ModelSpec(BaseModel):
     batch_tokens: int | None = Field(None, ge=64, description="scoring: padded tokens per forward batch")
     batch_size: int | None = Field(None, ge=1, description="generation: prompts per batch")
     max_length: int | None = Field(None, ge=8, description="context length (default: the model's)")
+    # accounting (any provider): what the provider charges, for --dry-run's estimate, the
+    # spent cost in run.json and --max-cost. None built in: a stale price would mislead silently.
+    input_price: float | None = Field(None, ge=0, description="USD per million prompt tokens")
+    output_price: float | None = Field(None, ge=0, description="USD per million generated tokens")
+
+    def cost(self, prompt_tokens: int, output_tokens: int = 0) -> float | None:
+        """USD for that many tokens, or None when the spec gives no price."""
+        if self.input_price is None and self.output_price is None:
+            return None
+        return (prompt_tokens * (self.input_price or 0.0) + output_tokens * (self.output_price or 0.0)) / 1e6
 
     @field_validator("spec")
     @classmethod

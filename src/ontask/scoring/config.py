@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from typing import Iterator, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from ..io import read_examples
 from ..models.roles import RoleModels
+from ..records import Example, Failure
 
 Metric = Literal["ppl", "ifd", "ifd_ppl", "tss", "tss++"]
 ALL_METRICS: tuple[str, ...] = ("ppl", "ifd", "ifd_ppl", "tss", "tss++")
@@ -35,6 +38,9 @@ class ScoreConfig(RoleModels):
     base_url: str | None = None
     columns: dict[str, str] | None = None
     limit: int | None = Field(None, ge=1, description="score only the first N rows (try a slice first)")
+    sample: int | None = Field(None, ge=1, description="score N rows drawn at random (seeded by seed), in file order")
+    max_tokens_spent: int | None = Field(None, ge=1, description="stop (resumably) once the passes computed reach N tokens")
+    max_cost: float | None = Field(None, gt=0, description="stop (resumably) once the scorer's spent cost reaches this (USD)")
     # `variants` alternatives (TCIA's Remove/Replace of one constraint; tcia/variants.py)
     decomposer: str | None = None
     composer: str | None = None
@@ -56,6 +62,26 @@ class ScoreConfig(RoleModels):
         if not v:
             raise ValueError("choose at least one metric")
         return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _one_slice(self) -> "ScoreConfig":
+        if self.limit is not None and self.sample is not None:
+            raise ValueError("give --limit N or --sample N, not both")
+        if (self.max_cost or self.max_tokens_spent) and self.engine != "local":
+            raise ValueError("--max-cost and --max-tokens-spent stop the local engine only (not --engine ray)")
+        if self.max_cost is not None and self.spec_for("scorer").cost(1) is None:
+            raise ValueError("--max-cost needs the scorer's price: set models.scorer.input_price "
+                             "(USD per million tokens) in the settings or --model-option scorer.input_price=X")
+        return self
+
+    def rows(self, path: str | os.PathLike, chunk_size: int = 1024) -> Iterator[list[Example | Failure]]:
+        """The input's rows as this run reads them: every row, the first `limit`, or a `sample`."""
+        return read_examples(path, self.columns, chunk_size, limit=self.limit, sample=self.sample, seed=self.seed)
+
+    @property
+    def passes_per_row(self) -> int:
+        """Passes a row needs at most (fewer when hard alternatives skip near duplicates)."""
+        return 1 + int(self.needs_empty) + self.k * len(self.alternative_kinds)
 
     @property
     def needs_empty(self) -> bool:

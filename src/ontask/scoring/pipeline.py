@@ -4,9 +4,9 @@ Three streaming passes over the input, so memory stays flat however long the fil
 1. collect the distinct instructions (only if TSS needs alternatives) and, for `hard`
    alternatives, embed them and find each one's nearest neighbours;
 2. score rows chunk by chunk: plan each row's passes, look them up in the cache, run the
-   missing ones in one length-sorted batched call, commit them in one transaction, and
-   spool the row's raw scores to disk. A chunk is the unit of resume: a killed run loses
-   at most the chunk in flight;
+   missing ones in one length-sorted batched call whose every forward batch (or server
+   answer) is committed to the cache the moment it is done, and spool the row's raw scores
+   to disk. A batch is the unit of resume: a killed run loses at most the batch in flight;
 3. join the input with the spool, finish dataset-level scores (TSS++ z-scores) and write
    the output atomically.
 """
@@ -23,14 +23,45 @@ from typing import Any, Callable, Iterator
 from ..runs import RunPaths, versions
 from ..models.base import PassOutcome, PassRequest, PassResult, Scorer
 from ..cache import ResultCache
-from ..io import AtomicWriter, JsonlAppender, read_examples, write_json_atomic
+from ..io import AtomicWriter, JsonlAppender, write_json_atomic
 from ..records import Example, Failure
 from . import scores as S
 from .alternatives import InstructionPool, hard_neighbours, random_alternatives
 from .config import ScoreConfig
 from .plan import RowFailed, RowPlan, pass_key, plan_row, row_scores
 
-Progress = Callable[[int, int], None]  # (rows done, tokens computed so far)
+Progress = Callable[[int, int, int], None]  # (rows just done, passes just done, tokens computed so far)
+
+
+class BudgetReached(Exception):
+    """The run spent its `max_tokens_spent` or `max_cost`; what it computed is committed."""
+
+
+class Meter:
+    """What a run has spent, updated at every commit: tokens, cost, and the budget check.
+
+    Raising `BudgetReached` from a commit stops the scorer between batches: everything
+    reported before is in the cache, so a rerun with a larger budget resumes there."""
+
+    def __init__(self, cfg: ScoreConfig, progress: Progress | None) -> None:
+        self.progress = progress
+        self.max_tokens, self.max_cost = cfg.max_tokens_spent, cfg.max_cost
+        self.price = cfg.spec_for("scorer")
+        self.tokens = 0
+
+    @property
+    def cost(self) -> float | None:
+        return self.price.cost(self.tokens) if self.price is not None else None
+
+    def add(self, rows: int, passes: int, tokens: int) -> None:
+        self.tokens += tokens
+        if self.progress:
+            self.progress(rows, passes, self.tokens)
+        if self.max_tokens is not None and self.tokens >= self.max_tokens:
+            raise BudgetReached(f"spent {self.tokens:,} tokens, the --max-tokens-spent budget of {self.max_tokens:,}")
+        cost = self.cost
+        if self.max_cost is not None and cost is not None and cost >= self.max_cost:
+            raise BudgetReached(f"spent ${cost:.4f}, the --max-cost budget of ${self.max_cost:g}")
 
 
 def chunks(items: Iterator[list[Example | Failure]], size: int) -> Iterator[list[tuple[int, Example | Failure]]]:
@@ -101,7 +132,15 @@ class Scoring:
         self.counts = {"rows_read": 0, "rows_scored": 0, "rows_failed": 0,
                        "passes_needed": 0, "passes_cached": 0, "passes_computed": 0, "pass_errors": 0}
         self.timings: dict[str, float] = {}
-        self.tokens_computed = 0
+        self.meter = Meter(cfg, None)
+
+    @property
+    def tokens_computed(self) -> int:
+        return self.meter.tokens
+
+    @tokens_computed.setter
+    def tokens_computed(self, value: int) -> None:  # the Ray driver adds what its actors computed
+        self.meter.tokens = value
 
     # -- phase 1 ----------------------------------------------------------------------
     def build_alternatives(self, path: Path) -> None:
@@ -109,7 +148,7 @@ class Scoring:
         if not kinds:
             return
         t = time.perf_counter()
-        for chunk in read_examples(path, self.cfg.columns, limit=self.cfg.limit):
+        for chunk in self.cfg.rows(path):
             for item in chunk:
                 if isinstance(item, Example):
                     before = len(self.pool)
@@ -156,7 +195,8 @@ class Scoring:
 
     # -- phase 2 ----------------------------------------------------------------------
     def run_passes(self, plans: list[RowPlan]) -> dict[PassRequest, PassOutcome]:
-        """All passes of a chunk: cached ones looked up, the rest computed and committed."""
+        """All passes of a chunk: cached ones looked up, the rest computed, each forward batch
+        committed to the cache as soon as it is done (the unit of resume)."""
         fp = self.scorer.fingerprint
         keyed: dict[str, PassRequest] = {}
         for plan in plans:
@@ -167,23 +207,23 @@ class Scoring:
         for key, blob in found.items():
             s, n, p = json.loads(blob)
             results[keyed[key]] = PassResult(s, n, p)
-        todo = [k for k in keyed if k not in found]
-        if todo:
-            outcomes = self.scorer.score([keyed[k] for k in todo])
-            self.cache.put_many(
-                "pass",
-                ((k, json.dumps([o.sum_logprob, o.n_output, o.n_prompt]).encode())
-                 for k, o in zip(todo, outcomes) if isinstance(o, PassResult)),
-            )
-            for k, o in zip(todo, outcomes):
-                results[keyed[k]] = o
-                if isinstance(o, PassResult):
-                    self.tokens_computed += o.n_prompt + o.n_output
-                else:
-                    self.counts["pass_errors"] += 1
         self.counts["passes_needed"] += len(keyed)
         self.counts["passes_cached"] += len(found)
-        self.counts["passes_computed"] += len(todo)
+        self.meter.add(0, len(found), 0)
+        todo = [k for k in keyed if k not in found]
+
+        def commit(done: list[tuple[int, PassOutcome]]) -> None:
+            fresh = [(todo[i], o) for i, o in done]
+            self.cache.put_many("pass", ((k, json.dumps([o.sum_logprob, o.n_output, o.n_prompt]).encode())
+                                         for k, o in fresh if isinstance(o, PassResult)))
+            for k, o in fresh:
+                results[keyed[k]] = o
+            self.counts["passes_computed"] += len(fresh)
+            self.counts["pass_errors"] += sum(not isinstance(o, PassResult) for _, o in fresh)
+            self.meter.add(0, len(fresh), sum(o.n_prompt + o.n_output for _, o in fresh if isinstance(o, PassResult)))
+
+        if todo:
+            self.scorer.score([keyed[k] for k in todo], on_results=commit)
         return results
 
     def score_chunk(self, chunk: list[tuple[int, Example | Failure]]) -> "ChunkResult":
@@ -214,18 +254,18 @@ class Scoring:
         return out
 
     def score_all(self, path: Path, run: RunPaths, progress: Progress | None) -> tuple[S.RunningStats, S.RunningStats]:
+        self.meter.progress = progress
         with ChunkSink(run) as sink:
-            for chunk in chunks(read_examples(path, self.cfg.columns, limit=self.cfg.limit), self.cfg.chunk_rows):
+            for chunk in chunks(self.cfg.rows(path), self.cfg.chunk_rows):
                 sink.add(self.score_chunk(chunk))
-                if progress:
-                    progress(len(chunk), self.tokens_computed)
+                self.meter.add(len(chunk), 0, 0)
         return sink.tss_stats, sink.q_stats
 
     # -- phase 3 ----------------------------------------------------------------------
     def write_output(self, path: Path, run: RunPaths, tss_stats: S.RunningStats, q_stats: S.RunningStats) -> None:
         cfg = self.cfg
         with open(run.spool, encoding="utf-8") as spool, AtomicWriter(run.output) as writer:
-            for chunk in chunks(read_examples(path, cfg.columns, limit=cfg.limit), 1024):
+            for chunk in chunks(cfg.rows(path), 1024):
                 rows = []
                 for seq, item in chunk:
                     if isinstance(item, Failure):
@@ -322,6 +362,8 @@ def run_score(
         "counts": job.counts,
         "tokens_computed": job.tokens_computed,
         "tokens_per_s": round(job.tokens_computed / (t3 - t2), 1) if t3 > t2 else None,
+        "passes_per_s": round(job.counts["passes_computed"] / (t3 - t2), 2) if t3 > t2 else None,
+        "cost_usd": job.meter.cost,
         "timings": job.timings,
         "cache": cache.stats(),
         "tss_pp_stats": (

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..base import PassOutcome, PassRequest, PassResult, fingerprint_of
+from ..base import OnResults, PassOutcome, PassRequest, PassResult, fingerprint_of
 from ..local.tokenized import TokenizingScorer
 from ..local.weights import load_causal_lm, model_device
 
@@ -77,11 +77,14 @@ class HFScorer(TokenizingScorer):
         return {"name": self.name, "fingerprint": self._fingerprint, **self._identity}
 
     # -- scoring --------------------------------------------------------------------
-    def score(self, requests: Sequence[PassRequest]) -> list[PassOutcome]:
-        results, encoded = self.encode_all(requests)
+    def score(self, requests: Sequence[PassRequest], on_results: OnResults | None = None) -> list[PassOutcome]:
+        results, encoded = self.encode_all(requests, on_results)
         for batch in self._plan_batches(encoded):
-            for (i, ids, start), res in zip(batch, self._forward(batch)):
+            done = [(i, res) for (i, _, _), res in zip(batch, self._forward(batch))]
+            for i, res in done:
                 results[i] = res
+            if on_results:
+                on_results(done)
         return results  # type: ignore[return-value]
 
     def _plan_batches(self, encoded: list[tuple[int, list[int], int]]):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..base import PassError, PassOutcome, PassRequest
+from ..base import OnResults, PassError, PassOutcome, PassRequest
 
 
 class TokenizingScorer:
@@ -28,10 +28,10 @@ class TokenizingScorer:
         """Token ids of prompt + output and the index where the output starts."""
         return split_pass(self.tokenizer, self.render_prompt(req.user), req.output, self.max_length)
 
-    def encode_all(self, requests: Sequence[PassRequest]
+    def encode_all(self, requests: Sequence[PassRequest], on_results: OnResults | None = None
                    ) -> tuple[list[PassOutcome | None], list[tuple[int, list[int], int]]]:
-        """Results with the passes that cannot be encoded already failed, and (index, ids,
-        output start) of the others, to be scored."""
+        """Results with the passes that cannot be encoded already failed (and reported to
+        `on_results`), and (index, ids, output start) of the others, to be scored."""
         results: list[PassOutcome | None] = [None] * len(requests)
         encoded: list[tuple[int, list[int], int]] = []
         for i, req in enumerate(requests):
@@ -40,6 +40,9 @@ class TokenizingScorer:
                 results[i] = enc
             else:
                 encoded.append((i, enc[0], enc[1]))
+        failed = [(i, r) for i, r in enumerate(results) if r is not None]
+        if on_results and failed:
+            on_results(failed)
         return results, encoded
 
 

@@ -40,7 +40,7 @@ import aiohttp
 
 from ..transport.rate import RateControl, RateController, RateState, new_state
 from ..transport.retry import Failure, RetryPolicy, retry_after_seconds, retrying
-from ..base import PassError, PassOutcome, PassRequest, PassResult, fingerprint_of
+from ..base import OnResults, PassError, PassOutcome, PassRequest, PassResult, fingerprint_of
 from ..transport.endpoint import public_url, resolve_api_key, resolve_base_url, run_sync, scrub_key
 from ..transport.http import HTTPStatusError, TimedOut, Unreachable, post_json, post_json_sync, session
 from ..local.templates import SplicedTemplate, gguf_template, jinja_env, template_text
@@ -228,30 +228,40 @@ class ServerScorer:
         return split_pass(self._tokenizer, self.render_prompt(req.user), req.output, self.max_length)
 
     # -- scoring ------------------------------------------------------------------------
-    def score(self, requests: Sequence[PassRequest]) -> list[PassOutcome]:
+    def score(self, requests: Sequence[PassRequest], on_results: OnResults | None = None) -> list[PassOutcome]:
         if not requests:
             return []
         if self._template_problem is not None:
             self._ensure_template()
             if self._template_problem is not None:  # still unreachable: every pass fails with the reason
-                return [PassError(self._template_problem) for _ in requests]
-        return run_sync(lambda: self._score_all(list(requests)))
+                failed: list[PassOutcome] = [PassError(self._template_problem) for _ in requests]
+                if on_results:
+                    on_results(list(enumerate(failed)))
+                return failed
+        return run_sync(lambda: self._score_all(list(requests), on_results))
 
-    async def _score_all(self, requests: list[PassRequest]) -> list[PassOutcome]:
+    async def _score_all(self, requests: list[PassRequest], on_results: OnResults | None = None) -> list[PassOutcome]:
         # One session per call: it belongs to the event loop that made it. Retries are the
         # retry policy's and rate control sees every 429.
         client = session(self._api_key, self.concurrency)
         control = RateController(self.rate, self.concurrency, self.rate_state)
 
-        async def one(req: PassRequest) -> PassOutcome:
+        async def one(i: int, req: PassRequest) -> PassOutcome:
             try:
-                return await retrying(self.retry)(self._attempt, client, control, req)
+                result: PassOutcome = await retrying(self.retry)(self._attempt, client, control, req)
             except Failure as exc:
-                return PassError(exc.reason)
+                result = PassError(exc.reason)
+            if on_results:
+                on_results([(i, result)])  # committed as it arrives; may raise to stop the call
+            return result
 
+        tasks = [asyncio.ensure_future(one(i, r)) for i, r in enumerate(requests)]
         try:
-            results = await asyncio.gather(*(one(r) for r in requests))
-        finally:
+            results = await asyncio.gather(*tasks)
+        finally:  # a stop (budget, Ctrl-C) cancels the requests still in flight before the session closes
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await client.close()
         self.stats["requests"] += len(requests)
         self.stats["errors"] += sum(isinstance(r, PassError) for r in results)

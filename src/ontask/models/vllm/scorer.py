@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..base import PassError, PassOutcome, PassRequest, PassResult, fingerprint_of
+from ..base import OnResults, PassError, PassOutcome, PassRequest, PassResult, fingerprint_of
 from ..local.tokenized import TokenizingScorer
 
 INSTALL_HINT = "vllm:PATH needs vLLM and a CUDA GPU: pip install 'ontask[vllm]'"
@@ -209,10 +209,10 @@ class VLLMScorer(TokenizingScorer):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "fingerprint": self._fingerprint, "vllm": vllm_version(), **self._identity}
 
-    def score(self, requests: Sequence[PassRequest]) -> list[PassOutcome]:
+    def score(self, requests: Sequence[PassRequest], on_results: OnResults | None = None) -> list[PassOutcome]:
         from vllm import SamplingParams
 
-        results, todo = self.encode_all(requests)  # tokenised exactly as HFScorer does
+        results, todo = self.encode_all(requests, on_results)  # tokenised exactly as HFScorer does
         if todo:
             params = SamplingParams(**scoring_sampling_kwargs())
             outputs = generate_each(self.llm, [ids for _, ids, _ in todo], [params] * len(todo))
@@ -224,6 +224,8 @@ class VLLMScorer(TokenizingScorer):
             self.stats["calls"] += 1
             self.stats["passes"] += len(todo)
             self.stats["tokens"] += sum(len(ids) for _, ids, _ in todo)
+            if on_results:  # vLLM schedules the whole call itself: one report at its end
+                on_results([(i, results[i]) for i, _, _ in todo])  # type: ignore[misc]
         return results  # type: ignore[return-value]
 
 
