@@ -10,6 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 import ontask
+import ontask.api
+import ontask.scoring
 from ontask.cli.main import app
 
 ROWS = [{"instruction": f"Summarise note {i} in one line.", "input": f"Note {i}: the launch moved to May.",
@@ -114,3 +116,47 @@ def test_limit_scores_the_first_rows_as_if_they_were_the_file(tmp_path, tiny_dir
     assert manifest["counts"]["rows_scored"] == 4 and manifest["config"]["limit"] == 4
     assert len(ontask.score(ROWS, scorer=f"hf:{tiny_dir}", metrics=["ppl"], limit=2, progress=False,
                             cache=tmp_path / "c.sqlite")) == 2
+
+
+def test_dry_run_counts_exactly_what_the_run_computes_and_its_calibration_is_not_paid_twice(tmp_path, tiny_dir):
+    """--dry-run plans every row as the run does: its pass counts are the run's, its token
+    count is the tokens the run computes, and the passes it calibrated on are cached, so the
+    run computes exactly the rest. It writes no output."""
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    runner = CliRunner()
+    common = [str(src), "--scorer", f"hf:{tiny_dir}", "--metrics", "ppl,ifd,tss", "-k", "2",
+              "--cache", str(tmp_path / "c.sqlite")]
+    cfg = ontask.scoring.ScoreConfig(scorer=f"hf:{tiny_dir}", metrics=["ppl", "ifd", "tss"], k=2)
+    est = ontask.api.estimate(src, cfg, cache_path=tmp_path / "c.sqlite")
+    assert est["rows"] == len(ROWS) and est["passes_per_row"] == 4
+    assert est["passes_to_compute"] == est["passes_needed"] - est["passes_cached"]
+    cal = est["calibration"]
+    assert 0 < cal["passes"] <= est["passes_to_compute"] and cal["tokens"] > 0
+    res = runner.invoke(app, ["score", *common, "-o", str(tmp_path / "s.jsonl"), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "passes to compute" in res.output and not (tmp_path / "s.jsonl").exists()
+    res = runner.invoke(app, ["score", *common, "-o", str(tmp_path / "s.jsonl")])
+    assert res.exit_code == 0, res.output
+    run = json.loads((tmp_path / "s.run.json").read_text())
+    assert run["counts"]["passes_needed"] == est["passes_needed"]
+    assert run["counts"]["passes_cached"] == est["passes_cached"] + cal["passes"]
+    assert run["counts"]["passes_computed"] == est["passes_to_compute"] - cal["passes"]
+    assert run["tokens_computed"] == est["tokens_to_compute"] - cal["tokens"]
+
+
+def test_a_token_budget_stops_the_run_resumably(tmp_path, tiny_dir):
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    runner = CliRunner()
+    common = [str(src), "-o", str(tmp_path / "s.jsonl"), "--scorer", f"hf:{tiny_dir}", "--metrics", "ppl,ifd",
+              "--cache", str(tmp_path / "c.sqlite"), "--batch-tokens", "64"]
+    res = runner.invoke(app, ["score", *common, "--max-tokens-spent", "100"])
+    assert res.exit_code == 3 and "--max-tokens-spent" in res.output and "resume" in res.output
+    assert not (tmp_path / "s.jsonl").exists()
+    res = runner.invoke(app, ["score", *common])
+    assert res.exit_code == 0, res.output
+    run = json.loads((tmp_path / "s.run.json").read_text())
+    assert run["counts"]["passes_cached"] > 0 and run["counts"]["passes_computed"] > 0
+    res = runner.invoke(app, ["score", *common, "--max-cost", "1"])
+    assert res.exit_code == 2 and "input_price" in res.output

@@ -74,14 +74,53 @@ def score(input: str | os.PathLike, output: str | os.PathLike, cfg: ScoreConfig,
     """Score `input` into `output` with `cfg`; returns the manifest (also written as run.json)."""
     from .scoring import run_score
 
-    cfg.check_models()  # every role's provider and options, before anything loads
     check_output_name(output)
+    _check_score_input(input, cfg)
+    cache = open_cache(cache_path)
+    scorer, emb, maker = _score_models(cfg, cache, status, local=cfg.engine == "local")  # on Ray, actors load scorers
+    return run_score(input, output, cfg, scorer=scorer, cache=cache, embedder=emb, variants=maker,
+                     progress=progress, executor=score_executor(cfg))
+
+
+def estimate(input: str | os.PathLike, cfg: ScoreConfig, *, cache_path: str | os.PathLike | None = None,
+             status: Status = _no_status, started: float | None = None) -> dict[str, Any]:
+    """What `score` would do (`--dry-run`): rows, passes, tokens, time and cost, from exact
+    counts and a short calibration whose passes are committed to the cache for the run.
+
+    `started` (a `time.perf_counter()` value, default now) is when the command began: the time
+    to here (imports, model loads) is measured, not guessed, and is part of the estimate."""
+    import time
+
+    from .scoring.estimate import estimate_run
+    from .scoring.pipeline import Scoring
+
+    started = time.perf_counter() if started is None else started
+    _check_score_input(input, cfg)
+    cache = open_cache(cache_path)
+    scorer, emb, maker = _score_models(cfg, cache, status, local=True)
+    setup_s = time.perf_counter() - started
+    with status("planning every row and calibrating on a sample"):
+        est = estimate_run(Scoring(cfg, scorer, cache, emb, maker), Path(input))
+    est["setup_s"] = round(setup_s, 1)
+    est["alternatives_s"] = round(est.pop("plan_s"), 1)  # the run builds the same alternatives
+    est["estimated_wall_s"] = (round(setup_s + est["alternatives_s"] + est["estimated_score_s"], 1)
+                               if est["estimated_score_s"] is not None else None)
+    est["scorer"] = scorer.describe()
+    return est
+
+
+def _check_score_input(input: str | os.PathLike, cfg: ScoreConfig) -> None:
+    cfg.check_models()  # every role's provider and options, before anything loads
     if not _has_rows(input, cfg.columns):  # (a --limit of 1 or more never empties a non-empty input)
         raise ValueError(f"{input}: no rows to score (the input is empty)")
     quiet_libraries()
-    cache = open_cache(cache_path)
-    scorer = None  # on Ray, each actor loads its own
-    if cfg.engine == "local":
+
+
+def _score_models(cfg: ScoreConfig, cache: ResultCache, status: Status, *, local: bool) -> tuple[Any, Any, Any]:
+    """The scorer (when this process scores), the embedder (hard alternatives, Replace
+    variants) and the variant maker (`variants` alternatives), each loaded once."""
+    scorer = None
+    if local:
         with status(f"loading scorer {cfg.scorer}"):
             scorer = load_scorer(cfg.spec_for("scorer"), batch_tokens=cfg.batch_tokens, share_prefix=cfg.share_prefix)
     emb = None
@@ -91,8 +130,7 @@ def score(input: str | os.PathLike, output: str | os.PathLike, cfg: ScoreConfig,
         with status(f"loading embedder {cfg.embedder}"):
             emb = load_embedder(cfg.embedder, cache=cache)
     maker = variant_maker(cfg, cache, emb, status) if "variants" in cfg.alternative_kinds else None
-    return run_score(input, output, cfg, scorer=scorer, cache=cache, embedder=emb, variants=maker,
-                     progress=progress, executor=score_executor(cfg))
+    return scorer, emb, maker
 
 
 def score_executor(cfg: ScoreConfig) -> Any:

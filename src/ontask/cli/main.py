@@ -5,6 +5,7 @@ Each command validates its settings before loading a model."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -20,6 +21,7 @@ from ..runs import side_file
 from .config_file import merged
 from .progress import pass_progress
 
+_STARTED = time.perf_counter()  # the command's start, before the heavy imports: --dry-run counts them in
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Task-specific instruction-tuning data: augment, score, select.")
 console = Console(stderr=True, soft_wrap=True)  # errors are never hard-wrapped mid-word (logs, narrow terminals)
 ConfigOpt = typer.Option(None, "--config", help="YAML file of settings; flags override it.", exists=True, dir_okay=False)
@@ -76,6 +78,13 @@ def score(
     columns: Optional[str] = typer.Option(None, help="instruction=COL,input=COL,output=COL for other layouts."),
     seed: Optional[int] = typer.Option(None),
     limit: Optional[int] = typer.Option(None, help="Score only the first N rows (try a slice before the whole file)."),
+    sample: Optional[int] = typer.Option(None, help="Score N rows drawn at random (seeded by --seed), kept in file order."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print rows, passes, tokens, estimated time (calibrated on "
+                                 "the model) and cost, then stop; the calibration's passes are cached for the run."),
+    max_tokens_spent: Optional[int] = typer.Option(None, help="Stop once the computed passes reach N tokens (exit 3; "
+                                                   "rerun with a larger budget to resume)."),
+    max_cost: Optional[float] = typer.Option(None, help="Stop once the scorer's spent cost reaches this many USD (needs "
+                                             "its price: --model-option scorer.input_price=USD_PER_MILLION)."),
     batch_tokens: Optional[int] = typer.Option(None, help="Padded tokens per forward batch."),
     decomposer: Optional[str] = typer.Option(None, help="variants: model that decomposes rows without base_query/constraints."),
     composer: Optional[str] = typer.Option(None, help="variants: model that writes an edited constraint set back as an instruction."),
@@ -100,7 +109,7 @@ def score(
             metrics=parse_metrics(metrics) if metrics else None, alternatives=alternatives, k=k,
             aggregator=aggregator, lam=lam, quality=quality, scorer=scorer, base_url=base_url,
             embedder=embedder, columns=parse_columns(columns) if columns else None, seed=seed, limit=limit,
-            batch_tokens=batch_tokens, decomposer=decomposer, composer=composer, verifier=verifier, db=db, check=check,
+            sample=sample, max_tokens_spent=max_tokens_spent, max_cost=max_cost, batch_tokens=batch_tokens, decomposer=decomposer, composer=composer, verifier=verifier, db=db, check=check,
             engine=engine, ray_address=ray_address, workers=workers, model=model,
         )
         apply_model_options(flags, model_option, ScoreConfig.scoring_roles + ScoreConfig.chat_roles)
@@ -109,7 +118,46 @@ def score(
         _fail(settings_error(err))
     if not input.exists():
         _fail(f"{input}: no such file or folder")
+    if dry_run:
+        _dry_run(input, output, cfg, cache)
+        return
     _run_score(input, output, cfg, cache)
+
+
+def _dry_run(input: Path, output: Path, cfg, cache_path: Path | None) -> None:
+    from .. import api
+    from ..runs import check_output_name
+
+    try:
+        check_output_name(output)
+        est = api.estimate(input, cfg, cache_path=cache_path, status=console.status, started=_STARTED)
+    except (InputError, ValueError, FileNotFoundError, RuntimeError) as err:
+        _fail(str(err))
+    cal = est["calibration"]
+    table = Table(title=f"dry run: ontask score {input}", title_justify="left", show_header=False)
+    table.add_column("")
+    table.add_column("", justify="right")
+    for name, value in [
+        ("rows", f"{est['rows']:,}" + (f" (+{est['rows_failed_to_read']} unreadable)" if est["rows_failed_to_read"] else "")),
+        ("passes (at most per row)", f"{est['passes_needed']:,} ({est['passes_per_row']})"),
+        ("passes cached", f"{est['passes_cached']:,}"),
+        ("passes to compute", f"{est['passes_to_compute']:,}"),
+        ("tokens to compute", f"{est['tokens_to_compute']:,}"),
+        ("calibration", f"{cal['passes']} passes of {cal['rows']} rows, {cal['seconds']:.1f} s, "
+                        f"{cal['tokens_per_s'] or 0:,.0f} tok/s (cached for the run)"),
+        ("estimated time", _seconds(est["estimated_wall_s"]) + f" (setup {est['setup_s']:.0f} s, alternatives "
+                           f"{est['alternatives_s']:.0f} s, passes {_seconds(est['estimated_score_s'])})"),
+        ("estimated cost", f"${est['estimated_cost_usd']:.4f}" if est["estimated_cost_usd"] is not None
+         else "no price set (models.scorer.input_price, USD per million tokens)"),
+    ]:
+        table.add_row(name, value)
+    Console().print(table)
+
+
+def _seconds(s: float | None) -> str:
+    if s is None:
+        return "unknown"
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
 def _run_score(input: Path, output: Path, cfg, cache_path: Path | None) -> dict:
@@ -269,11 +317,13 @@ def _print_demo_summary(scored: Path) -> None:
     Console().print(table)
 
 
+from .export_cmd import register as _register_export  # noqa: E402
 from .report_cmd import register as _register_report  # noqa: E402  (commands defined after `app`)
 from .tcia_cmds import register as _register_tcia  # noqa: E402
 
 _register_tcia(app)
 _register_report(app)
+_register_export(app)
 
 
 def main() -> None:  # pragma: no cover
