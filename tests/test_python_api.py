@@ -33,6 +33,32 @@ def test_score_and_select_a_list_of_dicts_equal_the_cli(tmp_path, tiny_dir):
     assert len(top) == 3 and set(top.dataset["tss"]) <= set(scored.dataset["tss"])
     assert scored.manifest["counts"]["rows_scored"] == 6 and scored.failures == []
     assert top.manifest["counts"]["kept"] == 3
+    # export: the API's file is the CLI's, byte for byte, and loads as TRL reads it
+    res = runner.invoke(app, ["select", str(tmp_path / "s.jsonl"), "-o", str(tmp_path / "top.jsonl"), "--by", "tss",
+                              "--retain", "0.5"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["export", str(tmp_path / "top.jsonl"), "-o", str(tmp_path / "cli.jsonl")])
+    assert res.exit_code == 0, res.output
+    ontask.export(top, tmp_path / "api.jsonl", format="messages")
+    assert (tmp_path / "api.jsonl").read_bytes() == (tmp_path / "cli.jsonl").read_bytes()
+    import datasets
+
+    ds = datasets.load_dataset("json", data_files=str(tmp_path / "api.jsonl"), split="train")
+    assert [m["role"] for m in ds[0]["messages"]] == ["user", "assistant"] and len(ds) == 3
+
+
+def test_the_api_takes_a_dataset_and_leaves_no_files_of_the_users(tmp_path, tiny_dir, monkeypatch):
+    """Notebook use: a datasets.Dataset in, results in memory, nothing written where the user is."""
+    import datasets
+
+    monkeypatch.chdir(tmp_path)
+    scored = ontask.score(datasets.Dataset.from_list(ROWS), scorer=f"hf:{tiny_dir}", metrics=["ppl", "tss"], k=2,
+                          cache=tmp_path / "c.sqlite", progress=False)
+    top = ontask.select(scored, by="tss", retain=0.5)
+    card = ontask.export(top, tmp_path / "train", format="sharegpt")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("c.sqlite")) == ["train"]
+    assert datasets.load_from_disk(str(tmp_path / "train"))[0]["conversations"][1]["from"] == "gpt"
+    assert card["counts"]["exported"] == 3
 
 
 def test_dataframes_and_datasets_go_in_too(tmp_path, tiny_dir):
@@ -80,12 +106,12 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch, capsys):
 
 
 def test_what_cannot_be_done_as_asked_is_refused_up_front(tmp_path):
-    """-o x.csv, empty input, select on rows without the score: a clear error, exit 2, no file."""
+    """-o x.txt, empty input, select on rows without the score: a clear error, exit 2, no file."""
     runner = CliRunner()
     src = tmp_path / "rows.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    res = runner.invoke(app, ["score", str(src), "-o", str(tmp_path / "out.csv"), "--scorer", "hf:/nowhere"])
-    assert res.exit_code == 2 and "not .csv" in res.output and "out.jsonl" in res.output  # before any model loads
+    res = runner.invoke(app, ["score", str(src), "-o", str(tmp_path / "out.txt"), "--scorer", "hf:/nowhere"])
+    assert res.exit_code == 2 and "not .txt" in res.output and "out.jsonl" in res.output  # before any model loads
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     res = runner.invoke(app, ["score", str(empty), "-o", str(tmp_path / "s.jsonl"), "--scorer", "hf:/nowhere"])
@@ -95,8 +121,35 @@ def test_what_cannot_be_done_as_asked_is_refused_up_front(tmp_path):
     assert not (tmp_path / "top.jsonl").exists()
     res = runner.invoke(app, ["select", str(empty), "-o", str(tmp_path / "top.jsonl"), "--retain", "0.5"])
     assert res.exit_code == 2 and "no rows to select from" in res.output
-    with pytest.raises(ValueError, match="not .csv"):
-        ontask.score(ROWS, output=tmp_path / "x.csv", progress=False)
+    with pytest.raises(ValueError, match="not .txt"):
+        ontask.score(ROWS, output=tmp_path / "x.txt", progress=False)
+
+
+def test_csv_output_is_csv_and_reads_back_as_the_jsonl_output(tmp_path, tiny_dir):
+    """-o scored.csv writes CSV (lists as JSON text), which ontask reads back to the same rows,
+    and select on it keeps what it keeps from the JSONL."""
+    import csv
+
+    runner = CliRunner()
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    common = [str(src), "--scorer", f"hf:{tiny_dir}", "--metrics", "ppl,tss", "-k", "2", "--cache", str(tmp_path / "c")]
+    for name in ("s.jsonl", "s.csv"):
+        res = runner.invoke(app, ["score", *common, "-o", str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    with open(tmp_path / "s.csv", newline="", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == list(rows[0])
+    assert [float(r["tss"]) for r in table] == [r["tss"] for r in rows]  # repr round trip: exact
+    assert [r["tss_top_alt"] for r in table] == [r["tss_top_alt"] for r in rows]
+    for name in ("s.jsonl", "s.csv"):
+        res = runner.invoke(app, ["select", str(tmp_path / name), "-o", str(tmp_path / f"top-{name}"), "--by", "tss",
+                                  "--retain", "0.5"])
+        assert res.exit_code == 0, res.output
+    kept = [json.loads(x)["instruction"] for x in (tmp_path / "top-s.jsonl").read_text().splitlines()]
+    with open(tmp_path / "top-s.csv", newline="", encoding="utf-8") as f:
+        assert [r["instruction"] for r in csv.DictReader(f)] == kept
 
 
 def test_limit_scores_the_first_rows_as_if_they_were_the_file(tmp_path, tiny_dir):

@@ -440,3 +440,34 @@ def test_per_constraint_specificity_and_flags_are_shown(tmp_path):
     table = data["tables"]["rows"]
     col = [c["key"] for c in table["columns"]].index("ignored_constraints")
     assert sorted(r[col] for r in table["rows"]) == ["", "", "", "", "Use no commas", "Use no commas"]
+
+
+def test_report_refuses_what_it_cannot_report_on_truthfully(chain, tmp_path):
+    """Unscored rows, an empty file, and a data file beside a manifest written for another
+    output each exit 2 with the reason, and write no page."""
+    import json as _json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from ontask.cli.main import app
+
+    root, _ = chain
+    out = tmp_path / "r.html"
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text(_json.dumps({"instruction": "Say hi.", "output": "Hi."}) + "\n")
+    res = CliRunner().invoke(app, ["report", str(raw), "-o", str(out)])
+    assert res.exit_code == 2 and "none of its 1 rows has a score" in res.output and not out.exists()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    res = CliRunner().invoke(app, ["report", str(empty), "-o", str(out)])
+    assert res.exit_code == 2 and "no rows to report on" in res.output and not out.exists()
+    # another run's manifest under this file's side-file name (a copy, a rename): refused, not shown
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    shutil.copy(root / "scored" / "data.jsonl", clash / "mine.jsonl")
+    manifest = _json.loads((root / "scored" / "run.json").read_text())
+    (clash / "mine.run.json").write_text(_json.dumps({**manifest, "output": str(clash / "theirs.jsonl")}))
+    res = CliRunner().invoke(app, ["report", str(clash / "mine.jsonl"), "-o", str(out)])
+    assert res.exit_code == 2 and "is the manifest of" in res.output and "theirs.jsonl" in res.output
+    assert not out.exists()

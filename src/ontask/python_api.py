@@ -69,6 +69,72 @@ def select(data: Any, *, output: str | os.PathLike | None = None, **settings: An
     return _result(manifest, work, failures_key="dropped")
 
 
+def estimate(data: Any, *, cache: str | os.PathLike | None = None, **settings: Any) -> dict[str, Any]:
+    """What `score(data, **settings)` will do, before it does it (the CLI's `--dry-run`):
+    rows, passes, tokens, estimated seconds (a short calibration on the model, whose passes
+    are cached for the run) and cost when the scorer has a price."""
+    cfg = _settings(ScoreConfig, settings)
+    with tempfile.TemporaryDirectory(prefix="ontask-") as work:
+        return api.estimate(_as_path(data, Path(work)), cfg, cache_path=cache)
+
+
+def decompose(data: Any, *, output: str | os.PathLike | None = None, decomposer: str | None = None,
+              field: str | None = None, cache: str | os.PathLike | None = None) -> Result:
+    """Split each instruction into task type, base query and constraints (TCIA's first step)."""
+    work = tempfile.TemporaryDirectory(prefix="ontask-")
+    source = _as_path(data, Path(work.name))
+    out = Path(output) if output else Path(work.name) / "decomposed.jsonl"
+    _, counts = api.decompose(source, out, decomposer, field=field, cache_path=cache)
+    manifest = {"command": "decompose", "input": str(source), "output": str(out),
+                "failed": str(api.failed_path(out)), "counts": counts}
+    return _result(manifest, work)
+
+
+def augment(seeds: Any, inputs: Any, *, output: str | os.PathLike, db: str | os.PathLike,
+            cache: str | os.PathLike | None = None, input_field: str | None = None, **settings: Any) -> Result:
+    """Grow on-task rows from seed instructions (TCIA): `seeds` is one instruction, a list of
+    them (or of decomposed rows) or a file; `inputs` the task's real inputs (texts, rows or a
+    file); `output` the run folder (it resumes when it exists); `settings` are
+    `AugmentConfig`'s (hops, samples, composer, judge, responders, ...)."""
+    from .tcia.config import AugmentConfig
+    from .tcia.pipeline import Seed
+    from .tcia.sources import read_inputs, read_seeds
+
+    cfg = _settings(AugmentConfig, {**settings, "db": str(db)})
+    with tempfile.TemporaryDirectory(prefix="ontask-") as work:
+        if isinstance(seeds, str) and not Path(seeds).exists():
+            seed_list = [Seed(seeds, source="argument")]
+        else:
+            seed_rows = [{"instruction": s} if isinstance(s, str) else s for s in seeds] \
+                if isinstance(seeds, (list, tuple)) else seeds
+            seed_list = read_seeds(_as_path(seed_rows, Path(work), "seeds.jsonl"))
+        input_rows = [{"input": t} if isinstance(t, str) else t for t in inputs] \
+            if isinstance(inputs, (list, tuple)) else inputs
+        pool = read_inputs(_as_path(input_rows, Path(work), "inputs.jsonl"), input_field)
+    manifest = api.augment(cfg, output, seeds=seed_list, inputs=pool, cache_path=cache)
+    return _result({**manifest, "output": manifest["outputs"]["data"], "failed": manifest["outputs"]["failed"]}, None)
+
+
+def report(source: Any, output: str | os.PathLike, **options: Any) -> Path:
+    """One offline HTML page of a run's plots and tables; `source` is a run folder, a data
+    file or a `Result`. Returns the page's path."""
+    from .report import ReportOptions, build_report
+
+    src = source.output if isinstance(source, Result) else Path(source)
+    summary = build_report(src, Path(output), _settings(ReportOptions, options))
+    return Path(summary["output"])
+
+
+def export(data: Any, output: str | os.PathLike, *, format: str = "messages", system: str | None = None,
+           keep: Any = None) -> dict[str, Any]:
+    """Rows in a layout trainers read (messages | sharegpt | alpaca), with a dataset card;
+    `data` is a file or a `Result` (a selection's card then shows its whole recipe)."""
+    from .export import export as run_export
+
+    with tempfile.TemporaryDirectory(prefix="ontask-") as work:
+        return run_export(_as_path(data, Path(work)), output, format=format, system=system, keep=keep)
+
+
 # -- helpers ------------------------------------------------------------------------------------
 def _settings(cls: type, settings: dict[str, Any]) -> Any:
     try:
@@ -77,7 +143,7 @@ def _settings(cls: type, settings: dict[str, Any]) -> Any:
         raise ValueError(settings_error(err)) from None
 
 
-def _as_path(data: Any, folder: Path) -> Path:
+def _as_path(data: Any, folder: Path, name: str = "input.jsonl") -> Path:
     """A file the readers take: a path as it is; rows written as JSONL into `folder`."""
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
@@ -89,7 +155,7 @@ def _as_path(data: Any, folder: Path) -> Path:
     rows = _rows(data)
     if not rows:
         raise ValueError("no rows given: the data is empty")
-    path = folder / "input.jsonl"
+    path = folder / name
     with open(path, "w", encoding="utf-8") as f:
         for i, row in enumerate(rows):
             if not isinstance(row, dict):

@@ -8,6 +8,7 @@ written to `failed.jsonl`, never silently dropped and never turned into a defaul
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,3 +85,16 @@ def settings_error(err: Exception) -> str:
         msg = "unknown setting" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
         parts.append(f"{where}: {msg}" if where else msg)
     return "; ".join(parts)
+
+
+def as_number(value: Any) -> float | None:
+    """A finite score from a row, or None: numbers as they are, and numeric text, which is
+    how a CSV file (ontask writes one on request) carries every score; never a bool."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)

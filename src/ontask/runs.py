@@ -17,15 +17,15 @@ from pathlib import Path
 from ._version import __version__
 
 
-WRITTEN_FORMATS = (".jsonl", ".parquet")
+WRITTEN_FORMATS = (".jsonl", ".parquet", ".csv")
 
 
-def check_output_name(out: str | os.PathLike) -> None:
+def check_output_name(out: str | os.PathLike, formats: tuple[str, ...] = WRITTEN_FORMATS) -> None:
     """Refuse, before any work, an output whose name asks for a format ontask does not write
-    (`-o out.csv` must not silently get JSON lines)."""
+    (`-o out.txt` must not silently get JSON lines)."""
     path = Path(out)
-    if path.suffix and path.suffix.lower() not in WRITTEN_FORMATS and not path.is_dir():
-        raise ValueError(f"{path}: ontask writes {' or '.join(WRITTEN_FORMATS)} files (or a folder, given without "
+    if path.suffix and path.suffix.lower() not in formats and not path.is_dir():
+        raise ValueError(f"{path}: ontask writes {', '.join(formats)} files (or a folder, given without "
                          f"a suffix), not {path.suffix}: name the output e.g. {path.with_suffix('.jsonl').name}")
 
 

@@ -72,7 +72,7 @@ def export(
     started = time.perf_counter()
     fmt = check_format(format)
     out = Path(output)
-    check_output_name(out)
+    check_output_name(out, (".jsonl", ".parquet"))  # nested turns have no CSV form trainers read
     keep_cols = check_keep(fmt, _names(keep))
     column_map = parse_columns(columns) if isinstance(columns, str) else columns
     if limit is not None and limit < 1:

@@ -54,6 +54,15 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _csv_cell(value: Any) -> Any:
+    """A CSV cell: text and numbers as they are, lists and objects as JSON, null as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
 def _temp_path(path: Path) -> Path:
     """The temporary file beside `path` (same directory, so os.replace stays atomic)."""
     return path.with_name(f"{path.name}.tmp-{os.getpid()}")
@@ -63,7 +72,9 @@ class AtomicWriter:
     """Write chunks of dict rows to `path`, which appears only on a clean exit.
 
     JSONL by default; Parquet when `path` ends in `.parquet`, with the schema taken from
-    the first chunk and later chunks cast to it. On an exception the temporary file is
+    the first chunk and later chunks cast to it; CSV when it ends in `.csv` (rows are spooled
+    as JSON lines and converted at the end, so the header is every column any row has;
+    lists and objects are written as JSON text). On an exception the temporary file is
     deleted and an existing `path` is left untouched. Use as a context manager:
 
         with AtomicWriter("out.jsonl") as out:
@@ -116,8 +127,31 @@ class AtomicWriter:
             self._text.flush()
             os.fsync(self._text.fileno())
             self._text.close()
+        if self.path.suffix.lower() == ".csv":
+            self._jsonl_to_csv()
         os.replace(self.temp_path, self.path)
         _fsync_dir(self.path.parent)
+
+    def _jsonl_to_csv(self) -> None:
+        """Rewrite the spooled JSON lines as CSV in place of the temporary file (two streaming reads)."""
+        import csv
+
+        header: dict[str, None] = {}
+        with self.temp_path.open(encoding="utf-8") as f:
+            for line in f:
+                header.update(dict.fromkeys(json.loads(line)))
+        spool = self.temp_path.with_name(self.temp_path.name + ".jsonl")
+        os.replace(self.temp_path, spool)
+        try:
+            with spool.open(encoding="utf-8") as f, self.temp_path.open("w", encoding="utf-8", newline="") as out:
+                writer = csv.DictWriter(out, fieldnames=list(header))
+                writer.writeheader()
+                for line in f:
+                    writer.writerow({k: _csv_cell(v) for k, v in json.loads(line).items()})
+                out.flush()
+                os.fsync(out.fileno())
+        finally:
+            spool.unlink(missing_ok=True)
 
     def _abort(self) -> None:
         """Close and delete the temporary file; the target is not touched."""

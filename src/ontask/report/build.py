@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..records import InputError
 from .._version import __version__
 from ..io import iter_records, write_text_atomic
 from . import augment_view as av
@@ -165,6 +166,11 @@ def _augment_rows_table(page: _Page, data: Path, opts: ReportOptions) -> None:
 def _scores_section(page: _Page, src: ReportSources, opts: ReportOptions) -> None:
     assert src.scored_file is not None
     cols = sv.read_score_columns(src.scored_file)
+    if cols.n == 0 and src.augment_dir is None:
+        raise InputError(str(src.scored_file), "no rows to report on (the file is empty)")
+    if not cols.metrics and src.augment_dir is None and src.select_manifest is None:
+        raise InputError(str(src.scored_file), f"none of its {cols.n:,} rows has a score (tss, tss_pp, ifd, ppl): "
+                         f"score it first, e.g. `ontask score {src.scored_file} -o scored.jsonl`, and report on that")
     if cols.unreadable:
         page.notes.append(f"{len(cols.unreadable):,} unreadable rows in {src.scored_file} were left out "
                           f"(first: {cols.unreadable[0]})")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..io import iter_records
-from ..records import Failure
+from ..records import Failure, as_number
 from ..selection.select import LOWER_IS_BETTER, SCORE_COLUMNS
 
 METRICS = ("tss", "tss_pp", "ifd", "ppl")
@@ -90,9 +90,8 @@ def read_score_columns(path: Path) -> ScoreColumns:
 
 
 def _number(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return math.nan
-    return float(v) if math.isfinite(v) else math.nan
+    x = as_number(v)
+    return math.nan if x is None else x
 
 
 @dataclass
