@@ -669,3 +669,35 @@ def test_augment_output_is_read_with_its_input(tmp_path):
     (chunk,) = list(read_examples(path))
     (ex,) = chunk
     assert (ex.instruction, ex.input, ex.output) == ("Reply.", "My order is late.", "Sorry!")
+
+
+def test_a_slice_is_the_first_rows_or_a_seeded_draw_in_file_order():
+    from ontask.io import sliced
+
+    chunks = lambda: iter([[0, 1, 2], [3, 4], [5, 6, 7, 8]])  # noqa: E731
+    assert list(sliced(chunks, limit=4)) == [[0, 1, 2], [3]]
+    assert list(sliced(chunks)) == [[0, 1, 2], [3, 4], [5, 6, 7, 8]]
+    drawn = [x for c in sliced(chunks, sample=4, seed=3) for x in c]
+    assert len(drawn) == 4 and drawn == sorted(drawn)  # file order
+    assert drawn == [x for c in sliced(chunks, sample=4, seed=3) for x in c]  # same seed, same rows
+    assert {tuple(x for c in sliced(chunks, sample=4, seed=s) for x in c) for s in range(10)} != {tuple(drawn)}
+    assert [x for c in sliced(chunks, sample=50) for x in c] == list(range(9))  # more than there are: all
+
+
+def test_decompose_limit_and_sample_take_a_slice(tmp_path):
+    """Rows that carry their decomposition need no model: the slice is all that is checked."""
+    from typer.testing import CliRunner
+
+    from ontask.cli.main import app
+
+    src = tmp_path / "d.jsonl"
+    src.write_text("".join(json.dumps({"instruction": f"Write {i} lines.", "task_type": "writing",
+                                       "base_query": f"Write {i} lines.", "constraints": []}) + "\n" for i in range(10)))
+    for flags, n in ((["--limit", "3"], 3), (["--sample", "4", "--seed", "1"], 4)):
+        out = tmp_path / f"o{n}.jsonl"
+        res = CliRunner().invoke(app, ["decompose", str(src), "-o", str(out), *flags])
+        assert res.exit_code == 0, res.output
+        lines = [json.loads(x)["_line"] for x in out.read_text().splitlines()]
+        assert len(lines) == n and lines == sorted(lines)
+        if n == 3:
+            assert lines == [1, 2, 3]

@@ -171,8 +171,9 @@ def select(input: str | os.PathLike, output: str | os.PathLike, cfg: Any) -> dic
 
 # -- decompose and the constraint database ------------------------------------------------------
 def decompose(input: Path, output: Path, decomposer: ModelSpec | str | None, *, field: str | None = None,
-              cache_path: str | os.PathLike | None = None, tick: Any = None,
-              status: Status = _no_status) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+              cache_path: str | os.PathLike | None = None, tick: Any = None, status: Status = _no_status,
+              limit: int | None = None, sample: int | None = None,
+              seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Decompose `input` into `output` (JSONL) + `<stem>.failed.jsonl` beside it.
 
     Returns every task found (task_type, base_query, constraints) and the counts; the rows
@@ -188,7 +189,7 @@ def decompose(input: Path, output: Path, decomposer: ModelSpec | str | None, *, 
     tasks: list[dict[str, Any]] = []
     n_rows = n_failed = 0
     with AtomicWriter(output) as w, AtomicWriter(failed_path(output)) as fw:
-        for chunk in iter_decomposed(input, lambda: model, field=field, tick=tick):
+        for chunk in iter_decomposed(input, lambda: model, field=field, tick=tick, limit=limit, sample=sample, seed=seed):
             ok = [{**d.record, "_line": d.line, **d.result} for d in chunk if d.result is not None]
             bad = [{"file": d.file, "line": d.line, "stage": "decompose", "reason": d.failure} for d in chunk if d.failure]
             w.write(ok)

@@ -91,6 +91,9 @@ def decompose_cmd(
     cache: Optional[Path] = typer.Option(None, help="Result cache file."),
     model: Optional[str] = typer.Option(None, "--model", help="Same as --decomposer (this command has one role)."),
     model_option: Optional[list[str]] = typer.Option(None, "--model-option", help="[decomposer.]OPTION=VALUE, repeatable."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Decompose only the first N rows (try a slice first)."),
+    sample: Optional[int] = typer.Option(None, min=1, help="Decompose N rows drawn at random (seeded by --seed)."),
+    seed: int = typer.Option(0, help="Seed of --sample."),
 ) -> None:
     """Instruction -> task type, base query and constraints (one structured call per row)."""
     from .. import api
@@ -100,9 +103,11 @@ def decompose_cmd(
         spec = _decomposer_spec(decomposer, model, base_url, model_option)
     if not input.exists():
         m._fail(f"{input}: no such file or folder")
+    if limit is not None and sample is not None:
+        m._fail("give --limit N or --sample N, not both")
     with _reported(), stage_progress(m.console) as stage:
         _, counts = api.decompose(input, output, spec, field=field, cache_path=cache, tick=stage("decompose", None),
-                                  status=m.console.status)
+                                  status=m.console.status, limit=limit, sample=sample, seed=seed)
     m.console.print(f"decomposed {counts['decomposed']} of {counts['rows']} rows, {counts['failed']} failed\n"
                     f"output: {output}\nfailures: {failed_path(output)}")
 
@@ -181,6 +186,7 @@ def augment_cmd(
     check: Optional[bool] = typer.Option(None, "--check/--no-check", help="Drop answers that violate a code-checkable constraint "
                                          "(IFEval checkers: length, format, keywords, case, language...) before the judge (default: on)."),
     rng_seed: Optional[int] = typer.Option(None, "--rng-seed", help="Random seed of the search and pairing (default 0)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Use only the first N seed instructions (try a slice first)."),
     cache: Optional[Path] = typer.Option(None, help="Result cache file."),
     config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False, help="YAML settings; flags override."),
 ) -> None:
@@ -210,7 +216,7 @@ def augment_cmd(
     if cfg.db is None:
         m._fail("--db is required: build one with `ontask db build CORPUS -o DB`")
     manifest = run_augment_cli(cfg, output, seed_text=seed_text, seeds_file=seeds, inputs_file=inputs,
-                               input_field=input_field, cache_path=cache)
+                               input_field=input_field, cache_path=cache, limit=limit)
     if manifest["outputs"]["rows"] == 0:
         m._fail("no row was kept: see the funnel above and the reasons in instructions.jsonl / failed.jsonl", 1)
 
@@ -223,14 +229,15 @@ def _augment_settings(config: Path | None, flags: dict[str, Any], model_option: 
 
 
 def run_augment_cli(cfg, output: Path, *, seed_text: str | None, seeds_file: Path | None, inputs_file: Path,
-                    input_field: str | None, cache_path: Path | None, db_obj: Any = None) -> dict[str, Any]:
+                    input_field: str | None, cache_path: Path | None, db_obj: Any = None,
+                    limit: int | None = None) -> dict[str, Any]:
     from .. import api
     from ..tcia.pipeline import Seed
     from ..tcia.sources import read_inputs, read_seeds
 
     m = _main()
     with _reported():
-        seeds = [Seed(seed_text, source="--seed")] if seed_text else read_seeds(seeds_file)
+        seeds = [Seed(seed_text, source="--seed")] if seed_text else read_seeds(seeds_file)[:limit]
         pool = read_inputs(inputs_file, input_field)
         with stage_progress(m.console) as stage:
             manifest = api.augment(cfg, output, seeds=seeds, inputs=pool, cache_path=cache_path, db=db_obj,

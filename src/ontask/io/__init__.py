@@ -10,6 +10,7 @@ Writing: `AtomicWriter` for result files, `JsonlAppender` for failed.jsonl and l
 from ontask.io.formats import iter_records
 from ontask.io.layouts import detect_layout, parse_columns, to_examples
 from ontask.io.reader import read_examples
+from ontask.io.slicing import sliced
 from ontask.io.writers import AtomicWriter, JsonlAppender, write_json_atomic, write_text_atomic
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "iter_records",
     "parse_columns",
     "read_examples",
+    "sliced",
     "to_examples",
     "write_json_atomic",
     "write_text_atomic",

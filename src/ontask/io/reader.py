@@ -15,6 +15,7 @@ from typing import Any
 
 from ontask.io.formats import iter_records
 from ontask.io.layouts import COLUMNS, Row, check_columns, detect_layout, to_examples
+from ontask.io.slicing import sliced
 from ontask.records import Failure
 
 
@@ -38,12 +39,11 @@ def read_examples(
     a chunk can hold more than `chunk_size` items. Raises `InputError` if the file cannot
     be read at all, or if its first record fits no layout (or lacks a named column).
     """
-    if sample is not None:
-        yield from _sampled(path, columns, chunk_size, sample, seed)
+    if limit is not None or sample is not None:
+        yield from sliced(lambda: read_examples(path, columns, chunk_size), limit, sample, seed)
         return
     file = str(path)
     layout: str | None = None  # decided by the first object record
-    seen = 0
     for records in iter_records(path, chunk_size):
         rows: list[Row] = []
         for loc, record in records:
@@ -53,28 +53,7 @@ def read_examples(
             if layout is None:
                 layout = _decide_layout(record, columns, file)
             rows.extend(to_examples(loc, record, layout, columns))
-        if limit is not None:
-            rows = rows[: max(0, limit - seen)]
-            seen += len(rows)
-        if rows or limit is None:
-            yield rows
-        if limit is not None and seen >= limit:
-            return
-
-
-def _sampled(path: str | Path, columns: dict[str, str] | None, chunk_size: int, n: int, seed: int
-             ) -> Iterator[list[Row]]:
-    """`n` rows of the file drawn without replacement, seeded, yielded in file order."""
-    import random
-
-    total = sum(len(chunk) for chunk in read_examples(path, columns, chunk_size))
-    keep = set(random.Random(seed).sample(range(total), min(n, total)))
-    seen = 0
-    for chunk in read_examples(path, columns, chunk_size):
-        picked = [row for i, row in enumerate(chunk, start=seen) if i in keep]
-        seen += len(chunk)
-        if picked:
-            yield picked
+        yield rows
 
 
 def _decide_layout(record: dict[str, Any], columns: dict[str, str] | None, file: str) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..models import GenError, Generator
 from ..io.formats import iter_records
+from ..io.slicing import sliced
 from ..records import Failure
 from .decompose import decompose
 from .schemas import Decomposition
@@ -36,12 +37,14 @@ class Decomposed:
 
 
 def iter_decomposed(path: str | Path, model: Callable[[], Generator] | None, *, field: str | None = None, chunk_size: int = 256,
-                    max_tokens: int = 384, tick: Callable[[int], None] | None = None) -> Iterator[list[Decomposed]]:
+                    max_tokens: int = 384, tick: Callable[[int], None] | None = None, limit: int | None = None,
+                    sample: int | None = None, seed: int = 0) -> Iterator[list[Decomposed]]:
     """Yield chunks of decomposed rows. Rows that already carry a decomposition are passed through
     (no model call). `model()` gives the decomposer and is called only when a chunk needs
-    it, so a corpus that is already decomposed never loads one; None: every row must be."""
+    it, so a corpus that is already decomposed never loads one; None: every row must be.
+    `limit` / `sample` (seeded by `seed`): only the first rows, or rows drawn at random."""
     names = (field,) if field else SEED_FIELDS
-    for chunk in iter_records(path, chunk_size):
+    for chunk in sliced(lambda: iter_records(path, chunk_size), limit, sample, seed):
         out: list[Decomposed] = []
         for loc, rec in chunk:
             if isinstance(rec, Failure):
