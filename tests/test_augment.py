@@ -216,3 +216,19 @@ def test_cut_off_answers_are_failures_not_rows(tmp_path, db, embedder):
     assert f["paired"] > 0 and f["answered"] == f["kept"] == 0 and read_jsonl(run / "data.jsonl") == []
     assert {r["stage"] for r in failed} == {"respond"} and len(failed) == 2 * f["paired"]
     assert all("cut off at max_tokens=32" in r["reason"] for r in failed)
+
+
+def test_priced_roles_report_what_their_sent_calls_cost(tmp_path, db, embedder):
+    """A role's price (USD per million tokens, a setting) gives its spent cost in run.json from
+    the tokens the server reported; unpriced roles have none, and the total sums the priced."""
+    with FakeServer(chat_handler=tcia_chat_handler, model_name=("tiny", "tiny-b")) as server:
+        manifest, _ = _run(tmp_path, server, db, embedder, samples=10, max_states=40,
+                           models={"judge": {"input_price": 2.0, "output_price": 8.0},
+                                   "composer": {"input_price": 1.0}})
+    judge, composer = manifest["models"]["judge"], manifest["models"]["composer"]
+    j, c = judge["calls"], composer["calls"]
+    assert j["prompt_tokens"] > 0 and c["prompt_tokens"] > 0
+    assert judge["cost_usd"] == round((j["prompt_tokens"] * 2.0 + j["completion_tokens"] * 8.0) / 1e6, 6)
+    assert composer["cost_usd"] == round(c["prompt_tokens"] * 1.0 / 1e6, 6)
+    assert "cost_usd" not in manifest["models"]["verifier"]
+    assert manifest["cost_usd"] == round(judge["cost_usd"] + composer["cost_usd"], 6)

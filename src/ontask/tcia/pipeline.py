@@ -96,7 +96,8 @@ class Roles:
         load = loader or local_loader(cfg)
         backends: dict[ModelSpec, Generator] = {}  # one per distinct spec: two servers stay two
         self.by_role: dict[str, CachedGenerator] = {}
-        for role, spec in cfg.roles().items():
+        self.specs = cfg.roles()
+        for role, spec in self.specs.items():
             if spec not in backends:
                 backends[spec] = load(spec)
             self.by_role[role] = CachedGenerator(backends[spec], cache)
@@ -108,6 +109,9 @@ class Roles:
         out = {}
         for role, g in self.by_role.items():
             out[role] = {**g.describe(), "calls": g.stats.to_json()}
+            cost = self.specs[role].cost(g.stats.prompt_tokens, g.stats.completion_tokens)
+            if cost is not None:  # the role's price is set: what its sent calls cost (cached ones are free)
+                out[role]["cost_usd"] = round(cost, 6)
             state = getattr(g.inner, "rate_state", None)  # openai: models share it across roles
             if state is not None:
                 out[role]["rate_state"] = state.to_json()
@@ -430,12 +434,15 @@ def _manifest(cfg, seeds, seed_states, items, rows, failures, search_counts, rol
     vec_kept = embedder.embed([it.instruction for it in kept_items]) if kept_items else None
     div_written = per_hop([it.node.hop for it in written], vec_written) if written else {}
     div_kept = per_hop([it.node.hop for it in kept_items], vec_kept) if kept_items else {}
+    models = roles.describe()
+    costs = [m["cost_usd"] for m in models.values() if "cost_usd" in m]
     return {
         "command": "augment",
         "config": {**cfg.model_dump(mode="json"), "base_url": public_url(cfg.base_url) if cfg.base_url else None},
         "versions": versions(),
         "templates": templates_digest(),
-        "models": roles.describe(),
+        "models": models,
+        "cost_usd": round(sum(costs), 6) if costs else None,  # the priced roles' spent cost
         "judge_mode": resolve_mode(cfg.judge_mode, roles["judge"]),
         "embedder": getattr(embedder, "name", str(embedder)),
         "database": db.describe() if hasattr(db, "describe") else None,
