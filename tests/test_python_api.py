@@ -100,9 +100,12 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     [block] = re.findall(r"### From Python\n\n```python\n(.*?)```", readme, re.S)
     namespace: dict = {}
+    monkeypatch.chdir(tmp_path)
+    assert len(block.strip().splitlines()) <= 10  # the "at most ten lines"
     exec(compile(block, "README.md", "exec"), namespace)
     assert len(namespace["scored"]) == 4 and len(namespace["top"]) == 2
     assert namespace["scored"].failures == [] and "tss" in capsys.readouterr().out
+    assert len((tmp_path / "train.jsonl").read_text().splitlines()) == 2 and (tmp_path / "train.README.md").exists()
 
 
 def test_what_cannot_be_done_as_asked_is_refused_up_front(tmp_path):

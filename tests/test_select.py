@@ -198,7 +198,7 @@ def test_max_tokens_stops_at_the_first_row_that_would_exceed(tmp_path):
 def test_max_tokens_drops_rows_without_tokens(tmp_path):
     rows = make_rows()
     del rows[1]["tokens"]  # line 2, the best row
-    rows[5]["tokens"] = "16"  # line 6, not numeric
+    rows[5]["tokens"] = "sixteen"  # line 6, not numeric (numeric text, as CSV carries numbers, counts)
     res = select(tmp_path, rows, max_tokens=1000)
     assert res.dropped_kinds == {2: "no tokens", 6: "no tokens"}
     assert len(res.kept) == 8
@@ -266,7 +266,7 @@ def test_ppl_upper_bound_only(tmp_path):
 def test_rows_without_a_numeric_score_are_dropped_not_kept(tmp_path):
     rows = make_rows()
     del rows[1]["tss"]  # line 2: missing (it was the best)
-    rows[3]["tss"] = "0.5"  # line 4: a string
+    rows[3]["tss"] = "high"  # line 4: text that is not a number ("0.5", as CSV carries it, would count)
     rows[5]["tss"] = None  # line 6: null
     rows[7]["tss"] = True  # line 8: a bool is not a score
     rows[8]["tss"] = math.nan  # line 9: NaN (json writes NaN, Python reads it back)
@@ -449,3 +449,212 @@ def test_stratify_keeps_every_group_at_the_budget(tmp_path):
     assert manifest["groups"]["b"]["kept"] == 2 and manifest["groups"]["a"]["kept"] == 2  # a: 30*8/12 = 20 tokens
     res = runner.invoke(app, ["select", str(src), "-o", str(tmp_path / "x.jsonl"), "--retain", "0.5", "--stratify-min", "1"])
     assert res.exit_code == 2 and "--stratify-min needs --stratify" in res.output
+
+
+# --- baselines: --by random, --by length, and select.json's "baselines" -------------------
+
+# np.random.default_rng(seed).random(10), the key of each line; highest first:
+#   seed 0: [.637 .270 .041 .017 .813 .913 .607 .729 .544 .935] -> lines 10, 6, 5, 8, 1, 7, 9, 2, 3, 4
+#   seed 1: [.512 .950 .144 .949 .312 .423 .828 .409 .550 .028] -> lines 2, 4, 7, 9, 1, 6, 8, 5, 3, 10
+RANDOM_TOP5 = {0: {"row-10": 1, "row-6": 2, "row-5": 3, "row-8": 4, "row-1": 5},
+               1: {"row-2": 1, "row-4": 2, "row-7": 3, "row-9": 4, "row-1": 5}}
+# output_tokens by line; longest first: lines 6 (50), 10 (45), 3 (40), 7 (35), 1 (30), 5, 8, 9, 4, 2.
+OUTPUT_TOKENS = [30, 5, 40, 10, 25, 50, 35, 20, 15, 45]
+# tss in exact binary fractions, so that means compare exactly. Best five: lines 2, 6, 8, 4, 9.
+TSS_EXACT = [0.25, 2.0, -0.5, 1.0, 0.0, 1.5, -0.25, 1.25, 0.5, -1.0]
+
+
+def unscored_rows() -> list[dict[str, Any]]:
+    """Raw rows, no score columns: Alpaca, Dolly and chat layouts, outputs of known lengths."""
+    return [
+        {"instruction": "a", "input": "", "output": "x" * 7, "id": "row-1"},
+        {"instruction": "b", "context": "", "response": "y" * 30, "id": "row-2"},
+        {"messages": [{"role": "user", "content": "c"}, {"role": "assistant", "content": "z" * 12}], "id": "row-3"},
+        {"instruction": "d", "input": "", "output": "w" * 3, "id": "row-4"},
+    ]
+
+
+def test_random_selection_is_seeded_and_reproducible(tmp_path):
+    first = select(tmp_path, make_rows(), by="random", retain=0.5)
+    assert first.ranks == RANDOM_TOP5[0]
+    assert first.kept_ids == ["row-1", "row-5", "row-6", "row-8", "row-10"]  # file order
+    again = select(tmp_path, make_rows(), by="random", retain=0.5, seed=0)
+    assert again.ranks == first.ranks
+    other = select(tmp_path, make_rows(), by="random", retain=0.5, seed=1)
+    assert other.ranks == RANDOM_TOP5[1]
+    assert list(other.dropped_kinds.values()) == ["over budget"] * 5
+    check_accounting(other, 10)
+
+
+def test_random_selection_ignores_the_scores(tmp_path):
+    # Scores reversed: a random order does not move.
+    res = select(tmp_path, make_rows(tss=[-t for t in TSS]), by="random", retain=0.5)
+    assert res.ranks == RANDOM_TOP5[0]
+
+
+def test_random_selection_under_a_token_budget_and_stratified(tmp_path):
+    # Tokens 11..20 by line. Seed 0 order: 10 (20), 6 (16), 5 (15) -> 51 > 50: lines 10, 6.
+    res = select(tmp_path, make_rows(), by="random", max_tokens=50)
+    assert res.ranks == {"row-10": 1, "row-6": 2}
+    assert res.select_json["counts"]["kept_tokens"] == 36
+    # Lines 1-5 in group a, 6-10 in b; 2 rows each. a by key: 5, 1, ...; b: 10, 6, ...
+    groups = ["a"] * 5 + ["b"] * 5
+    res = select(tmp_path, make_rows(category=groups), by="random", retain=0.4, stratify="category")
+    assert set(res.ranks) == {"row-5", "row-1", "row-10", "row-6"}
+    assert res.select_json["groups"] == {"a": {"rows": 5, "kept": 2}, "b": {"rows": 5, "kept": 2}}
+
+
+def test_by_random_works_on_unscored_rows(tmp_path):
+    # Keys for 4 rows, seed 0: [.637 .270 .041 .017] -> lines 1, 2.
+    res = select(tmp_path, unscored_rows(), by="random", retain=0.5)
+    assert res.ranks == {"row-1": 1, "row-2": 2}
+    assert res.dropped_kinds == {3: "over budget", 4: "over budget"}
+    # The length baseline ranks them by characters: 30 (line 2), 12 (line 3); the means
+    # compared are of the random keys, the selection's "score".
+    key = np.random.default_rng(0).random(4)
+    assert res.select_json["baselines"] == {"length": {
+        "kept": 2, "kept_tokens": 0, "mean_score": float(key[[1, 2]].mean()),
+        "selection_mean_score": float(key[[0, 1]].mean()), "common": 1, "overlap": 0.5}}
+    check_accounting(res, 4)
+
+
+def test_by_random_on_unscored_rows_from_the_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from ontask.cli.main import app
+
+    src = write_jsonl(tmp_path / "raw.jsonl", unscored_rows())
+    out = tmp_path / "sel" / "top.jsonl"
+    res = CliRunner().invoke(app, ["select", str(src), "-o", str(out), "--by", "random", "--seed", "1", "--retain", "0.5"])
+    assert res.exit_code == 0, res.output
+    # Seed 1, 4 rows: keys [.512 .950 .144 .949] -> lines 2, 4.
+    assert [r["id"] for r in read_jsonl(out)] == ["row-2", "row-4"]
+    assert json.loads(side_file(out, "select.json").read_text())["config"]["seed"] == 1
+    res = CliRunner().invoke(app, ["select", str(src), "-o", str(out), "--by", "random", "--max-tokens", "100"])
+    assert res.exit_code == 2
+    assert "--max-tokens counts each row's 'tokens' column" in res.output and "--retain" in res.output
+
+
+def test_by_length_keeps_the_longest_outputs(tmp_path):
+    res = select(tmp_path, make_rows(output_tokens=OUTPUT_TOKENS), by="length", retain=0.3)
+    assert res.ranks == {"row-6": 1, "row-10": 2, "row-3": 3}
+    assert res.select_json["cutoff_score"] == 40
+    assert {d["line"]: d["score"] for d in res.dropped} == {1: 30, 2: 5, 4: 10, 5: 25, 7: 35, 8: 20, 9: 15}
+    check_accounting(res, 10)
+
+
+def test_by_length_counts_characters_when_rows_are_unscored(tmp_path):
+    rows = unscored_rows() + [{"instruction": "e", "answer": "no known output column", "id": "row-5"}]
+    res = select(tmp_path, rows, by="length", retain=0.4)  # 2 of 5
+    assert res.ranks == {"row-2": 1, "row-3": 2}  # 30 and 12 characters
+    assert res.dropped_kinds == {1: "over budget", 4: "over budget", 5: "no length"}
+    check_accounting(res, 5)
+    with pytest.raises(ValueError, match="none of its 1 rows has an output length"):
+        select(tmp_path, rows[4:], by="length", retain=0.5)
+
+
+def test_baselines_at_the_same_row_budget(tmp_path):
+    res = select(tmp_path, make_rows(tss=TSS_EXACT, output_tokens=OUTPUT_TOKENS), by="tss", retain=0.5)
+    assert res.ranks == {"row-2": 1, "row-6": 2, "row-8": 3, "row-4": 4, "row-9": 5}  # mean tss 6.25 / 5
+    assert res.select_json["baselines"] == {
+        # seed 0: lines 10, 6, 5, 8, 1; tss -1 + 1.5 + 0 + 1.25 + 0.25 = 2; tokens 20+16+15+18+11.
+        "random": {"kept": 5, "kept_tokens": 80, "mean_score": 0.4, "selection_mean_score": 1.25,
+                   "common": 2, "overlap": 0.4},
+        # longest: lines 6, 10, 3, 7, 1; tss 1.5 - 1 - 0.5 - 0.25 + 0.25 = 0; tokens 16+20+13+17+11.
+        "length": {"kept": 5, "kept_tokens": 77, "mean_score": 0.0, "selection_mean_score": 1.25,
+                   "common": 1, "overlap": 0.2},
+    }
+    assert res.manifest["baselines"] == res.select_json["baselines"]
+
+
+def test_baselines_at_the_same_token_budget(tmp_path):
+    # Budget 50, tokens 11..20 by line. tss: lines 2 (12), 6 (16), 8 (18) = 46, line 4 would exceed.
+    # random: 10 (20), 6 (16) = 36, line 5 (15) would exceed. length: 6, 10, 3 = 49, line 7 would exceed.
+    res = select(tmp_path, make_rows(tss=TSS_EXACT, output_tokens=OUTPUT_TOKENS), by="tss", max_tokens=50)
+    assert res.select_json["counts"]["kept_tokens"] == 46
+    assert res.select_json["baselines"] == {
+        "random": {"kept": 2, "kept_tokens": 36, "mean_score": 0.25, "selection_mean_score": 4.75 / 3,
+                   "common": 1, "overlap": 0.5},
+        "length": {"kept": 3, "kept_tokens": 49, "mean_score": 0.0, "selection_mean_score": 4.75 / 3,
+                   "common": 1, "overlap": 1 / 3},
+    }
+
+
+def test_baselines_share_the_stratified_budget(tmp_path):
+    # Lines 1-5 in a, 6-10 in b, 2 rows each. tss keeps 2, 4 | 6, 8 (mean 5.75 / 4).
+    # random (seed 0) keeps 5, 1 | 10, 6: tss 0 + 0.25 - 1 + 1.5 = 0.75. length keeps 3, 1 | 6, 10: 0.25.
+    rows = make_rows(tss=TSS_EXACT, output_tokens=OUTPUT_TOKENS, category=["a"] * 5 + ["b"] * 5)
+    res = select(tmp_path, rows, by="tss", retain=0.4, stratify="category")
+    assert res.ranks == {"row-2": 1, "row-6": 2, "row-8": 3, "row-4": 4}
+    assert res.select_json["baselines"] == {
+        "random": {"kept": 4, "kept_tokens": 15 + 11 + 20 + 16, "mean_score": 0.1875,
+                   "selection_mean_score": 1.4375, "common": 1, "overlap": 0.25},
+        "length": {"kept": 4, "kept_tokens": 13 + 11 + 16 + 20, "mean_score": 0.0625,
+                   "selection_mean_score": 1.4375, "common": 1, "overlap": 0.25},
+    }
+
+
+def test_baselines_draw_from_the_rows_past_the_filters(tmp_path):
+    # Line 10 (IFD 2) is filtered out: random keeps 6, 5, 8, 1, 7 instead, length 6, 3, 7, 1, 5.
+    ifd = [0.5] * 9 + [2.0]
+    res = select(tmp_path, make_rows(tss=TSS_EXACT, output_tokens=OUTPUT_TOKENS, ifd=ifd), by="tss",
+                 retain=0.5, ifd_max=1.0)
+    b = res.select_json["baselines"]
+    assert (b["random"]["mean_score"], b["random"]["common"]) == (0.55, 2)  # 2.75 / 5
+    assert (b["length"]["mean_score"], b["length"]["common"]) == (0.2, 1)  # 1.0 / 5
+
+
+def test_baselines_leave_out_the_order_selected_by(tmp_path):
+    res = select(tmp_path, make_rows(tss=TSS_EXACT, output_tokens=OUTPUT_TOKENS), by="length", retain=0.5)
+    assert set(res.select_json["baselines"]) == {"random"}
+    # The random baseline's mean output length against the selection's: (20+50+25+45+30)/5 vs 44.
+    assert res.select_json["baselines"]["random"]["mean_score"] == 34.0
+    assert res.select_json["baselines"]["random"]["selection_mean_score"] == 40.0  # 50+45+40+35+30
+
+
+def test_config_takes_the_baseline_orders():
+    assert SelectConfig(retain=0.5, by="random").seed == 0
+    assert SelectConfig(retain=0.5, by="length", seed=3).column == "length"
+    with pytest.raises(ValidationError, match="random, length"):
+        SelectConfig(retain=0.5, by="longest")
+
+
+def _stratified(tmp_path, rows, *flags):
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from ontask.cli.main import app
+
+    src = tmp_path / "scored.jsonl"
+    src.write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "s" / "top.jsonl"
+    res = CliRunner().invoke(app, ["select", str(src), "-o", str(out), "--by", "tss", "--stratify", "category", *flags])
+    assert res.exit_code == 0, res.output
+    return [_json.loads(x) for x in out.read_text().splitlines()], _json.loads(side_file(out, "select.json").read_text())
+
+
+def test_stratified_shares_add_up_to_the_budget_by_largest_remainder(tmp_path):
+    """Many small groups: the row budget is apportioned (whole quotas, then the largest
+    remainders), so a stratified selection keeps exactly the budget, as a plain one does,
+    instead of one row a group whatever the budget."""
+    sizes = {"g1": 10, "g2": 2, **{f"s{i}": 1 for i in range(8)}}  # 20 rows; --retain 0.25: 5 rows
+    rows = [{"instruction": f"{g}-{j}", "output": "x", "category": g, "tss": float(-j), "tokens": 1}
+            for g, n in sizes.items() for j in range(n)]
+    kept, manifest = _stratified(tmp_path, rows, "--retain", "0.25")
+    assert len(kept) == 5 == manifest["counts"]["kept"]
+    # quotas g1 2.5, g2 0.5, s* 0.25: g1 2 + 1 (remainder .5, larger group first), g2 1, s0 1 (name order)
+    assert {g: c["kept"] for g, c in manifest["groups"].items() if c["kept"]} == {"g1": 3, "g2": 1, "s0": 1}
+
+
+def test_a_groups_unspent_token_share_goes_to_the_best_rows_left(tmp_path):
+    """Group b's share (20 of 60 tokens) cannot pay for its best row (30 tokens): the 20 go to
+    the best rows left in any group, in rank order, so the budget is spent as a plain one is."""
+    rows = [{"instruction": f"a{i}", "output": "x", "category": "a", "tss": 10.0 - i, "tokens": 10} for i in range(8)]
+    rows += [{"instruction": f"b{i}", "output": "x", "category": "b", "tss": 1.0 - i, "tokens": 30} for i in range(4)]
+    kept, manifest = _stratified(tmp_path, rows, "--max-tokens", "60")
+    assert [r["instruction"] for r in kept] == [f"a{i}" for i in range(6)]
+    assert manifest["counts"]["kept_tokens"] == 60
+    kept, manifest = _stratified(tmp_path, rows, "--max-tokens", "60", "--stratify-min", "1")
+    assert [r["instruction"] for r in kept] == ["a0", "a1", "a2", "a3", "b0"]  # b's one row whatever it costs
+    assert manifest["counts"]["kept_tokens"] == 70

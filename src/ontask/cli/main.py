@@ -192,7 +192,8 @@ def _run_score(input: Path, output: Path, cfg, cache_path: Path | None) -> dict:
 def select(
     input: Path = typer.Argument(..., help="A file written by `ontask score`."),
     output: Path = typer.Option(..., "-o", "--output"),
-    by: Optional[str] = typer.Option(None, help="tss | tss++ | ifd | ifd_ppl | ppl (default: tss)."),
+    by: Optional[str] = typer.Option(None, help="tss | tss++ | ifd | ifd_ppl | ppl (default: tss), or a baseline that "
+                                     "needs no score: random (seeded order) | length (longest output first)."),
     retain: Optional[float] = typer.Option(None, help="Share of rows to keep, e.g. 0.05."),
     max_tokens: Optional[int] = typer.Option(None, help="Token budget (prompt + output, scorer tokenizer)."),
     ifd_max: Optional[float] = typer.Option(None, help="Drop rows with IFD above this (1: the instruction hurts)."),
@@ -202,6 +203,7 @@ def select(
     stratify: Optional[str] = typer.Option(None, help="Column whose groups (e.g. category, task type) share the budget "
                                            "in proportion to their size, ranked within each group."),
     stratify_min: Optional[int] = typer.Option(None, help="With --stratify: keep at least this many rows of each group."),
+    seed: Optional[int] = typer.Option(None, help="Seed of --by random and of the random baseline in select.json (default 0)."),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Keep the best rows under a budget; write the kept rows, dropped.jsonl and select.json."""
@@ -211,7 +213,7 @@ def select(
         cfg = SelectConfig(**merged(config, "select", dict(
             by=by, retain=retain, max_tokens=max_tokens, ifd_max=ifd_max,
             ppl_min_pct=ppl_min_pct, ppl_max_pct=ppl_max_pct, diversity=diversity, stratify=stratify,
-            stratify_min=stratify_min)))
+            stratify_min=stratify_min, seed=seed)))
     except (ValueError, ValidationError) as err:
         _fail(settings_error(err))
     if not input.exists():
