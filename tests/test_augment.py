@@ -232,3 +232,31 @@ def test_priced_roles_report_what_their_sent_calls_cost(tmp_path, db, embedder):
     assert composer["cost_usd"] == round(c["prompt_tokens"] * 1.0 / 1e6, 6)
     assert "cost_usd" not in manifest["models"]["verifier"]
     assert manifest["cost_usd"] == round(judge["cost_usd"] + composer["cost_usd"], 6)
+
+
+def test_the_python_api_augments_as_the_pipeline_does(tmp_path, db, embedder):
+    """ontask.augment: a seed string and a list of input texts in, the run's rows out as a
+    Dataset, the same rows as the pipeline writes for the same settings (one server, one cache);
+    then ontask.report and ontask.export on the Result."""
+    import datasets
+
+    import ontask
+
+    db.save(tmp_path / "db")
+    inputs = [row["input"] for row in read_jsonl(DATA / "demo_inputs.jsonl")]
+    with FakeServer(chat_handler=tcia_chat_handler, model_name=("tiny", "tiny-b")) as server:
+        settings = dict(decomposer="openai:tiny", composer="openai:tiny", verifier="openai:tiny", judge="openai:tiny",
+                        responders=["openai:tiny", "openai:tiny-b"], base_url=server.base_url, hops=2, per_op=4,
+                        max_states=30, samples=8, inputs_per_instruction=2, seed=7, min_validity=3.5,
+                        min_consistency=3.5)
+        res = ontask.augment(SEED, inputs, output=tmp_path / "api", db=tmp_path / "db",
+                             cache=tmp_path / "c.sqlite", **settings)
+        cfg = AugmentConfig(**settings, db=str(tmp_path / "db"))
+        run_augment([Seed(SEED)], read_inputs(DATA / "demo_inputs.jsonl"), cfg, tmp_path / "pipe", db=db,
+                    embedder=embedder, roles=Roles(cfg, ResultCache(tmp_path / "c.sqlite")))
+    assert isinstance(res.dataset, datasets.Dataset) and len(res) == res.manifest["outputs"]["rows"] > 0
+    assert res.dataset.to_list() == read_jsonl(tmp_path / "pipe" / "data.jsonl")
+    page = ontask.report(res, tmp_path / "r.html")
+    assert page.exists() and "augmentation" in page.read_text(encoding="utf-8")
+    card = ontask.export(res, tmp_path / "train.jsonl", format="alpaca")
+    assert card["counts"]["exported"] == len(res) and card["recipe"] == ["augment"]

@@ -81,7 +81,7 @@ def test_score_agrees_with_the_embedded_scorer(tmp_path, server, template, smol_
     for g, w in zip(got, want):
         assert (g["output_tokens"], g["tokens"]) == (w.n_output, w.n_prompt + w.n_output)  # the same tokens
         assert abs(g["lp"] - w.mean_logprob) < LP_TOLERANCE, (g, w)
-    manifest = json.loads((tmp_path / "run.json").read_text())
+    manifest = json.loads((tmp_path / "scored.run.json").read_text())
     assert manifest["scorer"]["template_source"] == template
 
 
@@ -167,7 +167,7 @@ def test_server_killed_mid_run_records_failures_and_a_rerun_completes(tmp_path, 
                                          "max_retries": 0, "timeout": 60}})
     killed = []
 
-    def progress(rows_done: int, tokens: int) -> None:
+    def progress(rows_done: int, passes_done: int, tokens: int) -> None:
         if rows_done >= 1 and not killed:  # after the first chunk: the server dies
             server.kill()
             killed.append(rows_done)

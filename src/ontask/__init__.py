@@ -13,7 +13,7 @@ from typing import Any
 from ._version import __version__
 
 __all__ = ["Result", "__version__", "augment", "decompose", "estimate", "export", "report", "score", "select"]
-_API = ("Result", "augment", "decompose", "estimate", "report", "score", "select")
+_API = ("Result", "augment", "decompose", "estimate", "score", "select")
 
 
 def __getattr__(name: str) -> Any:
@@ -24,10 +24,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'ontask' has no attribute {name!r}")
 
 
-# `ontask.export` is also a subpackage: importing it (the CLI does) binds the module to the
-# name, and the lazy lookup above would never run. So the subpackage is imported first and
-# the function bound over it (neither imports torch).
+# `ontask.export` and `ontask.report` are also subpackages: importing one (the CLI does) binds
+# the module to the name, and the lazy lookup above would never run. So the subpackages are
+# imported first and the functions bound over them (none of this imports torch).
 import importlib as _importlib  # noqa: E402  (`from . import export` would ask __getattr__ above)
 
-_importlib.import_module(f"{__name__}.export")
-from .python_api import export  # noqa: E402
+for _sub in ("export", "report"):
+    _importlib.import_module(f"{__name__}.{_sub}")
+from .python_api import export, report  # noqa: E402
