@@ -158,8 +158,11 @@ def main() -> None:
                     help="keep only the first instance of each Self-Instruct task (default: on)")
     ap.add_argument("--hard-variant", action=argparse.BooleanOptionalAction, default=True,
                     help="also score tss with alternatives=hard (reuses cached passes)")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                    help="the scorer's dtype: bf16 is the lossy mode (AMX / avx512_bf16 on CPU); the cache keeps them apart")
     args = ap.parse_args()
 
+    from ontask.models import load_scorer
     from ontask.models.embedded.weights import load_embedded_scorer
     from ontask.cache import ResultCache
     from ontask.embed import load_embedder
@@ -182,7 +185,8 @@ def main() -> None:
 
     t0 = time.perf_counter()
     cache = ResultCache(args.cache)
-    scorer = load_embedded_scorer()
+    scorer = load_embedded_scorer() if args.dtype == "fp32" else load_scorer({"spec": "embedded", "dtype": args.dtype})
+    print(f"scorer: embedded, {scorer.describe()['dtype']}")
     embedder = load_embedder("embedded", cache=cache)
     t_load = time.perf_counter() - t0
 
@@ -190,7 +194,7 @@ def main() -> None:
     t1 = time.perf_counter()
     last = [time.perf_counter(), 0]
 
-    def progress(done: int, tokens: int) -> None:
+    def progress(done: int, passes: int, tokens: int) -> None:
         last[1] += done
         now = time.perf_counter()
         if now - last[0] > 60 or last[1] == len(pairs):

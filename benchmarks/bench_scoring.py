@@ -132,28 +132,105 @@ def _best_time(fn, min_runs: int = 3, min_s: float = 0.5) -> float:
     return min(times)
 
 
-def matmul_roofline(cfg) -> list[tuple[str, float]]:
-    """GFLOP/s of fp32 matmuls: 2048^3 and every linear shape of the model at M=2048."""
+def cpu_facts() -> dict:
+    """What sets this CPU's fp32 limit: model, family/model numbers, SIMD flags, cores, clock."""
+    facts = {"model": cpu_model(), "family": None, "model_number": None, "flags": [], "cores": os.cpu_count() or 1,
+             "mhz": None}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return facts
+    first = text.split("\n\n")[0]
+    for line in first.splitlines():
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key == "cpu family":
+            facts["family"] = int(value)
+        elif key == "model":
+            facts["model_number"] = int(value)
+        elif key == "flags":
+            facts["flags"] = sorted(f for f in value.split() if f.startswith(("avx", "amx", "fma", "sse4")))
+        elif key == "cpu MHz":
+            facts["mhz"] = float(value)
+    try:
+        max_khz = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text().strip()
+        facts["mhz"] = max(facts["mhz"] or 0.0, int(max_khz) / 1000)
+    except (OSError, ValueError):
+        pass
+    return facts
+
+
+def fma_peak(facts: dict) -> tuple[float | None, str]:
+    """fp32 FMA peak, GFLOP/s: cores x clock x lanes x 2 FMA units x 2 flops (AVX-512: 16 lanes,
+    AVX2: 8). Two FMA units per core is the server-part assumption; the clock is the reported
+    one (turbo can exceed it, AVX-512 licence clocks can fall below it), so the measured GEMM
+    rate, not this, is the roofline."""
+    lanes = 16 if "avx512f" in facts["flags"] else 8 if "avx2" in facts["flags"] else 4
+    if not facts["mhz"]:
+        return None, "clock unknown"
+    peak = facts["cores"] * facts["mhz"] / 1e3 * lanes * 2 * 2
+    return peak, f"{facts['cores']} cores x {facts['mhz'] / 1e3:.2f} GHz x {lanes} lanes x 2 FMA units x 2 flops"
+
+
+def gemm_paths(x: torch.Tensor, w: torch.Tensor) -> dict[str, object]:
+    """y = x @ w.T through every exact fp32 path torch offers on this CPU: the default
+    (`F.linear`, MKL's SGEMM here), MKL's packed GEMM (weights reordered once, as a frozen
+    graph does), oneDNN's packed linear, and oneDNN on its own tensor layout (conversion
+    outside the timing). Each is a callable; a path this build lacks is left out."""
+    import torch.nn.functional as F
+
+    m = x.shape[0]
+    paths: dict[str, object] = {"default (F.linear)": lambda: F.linear(x, w)}
+    try:
+        packed = torch.ops.mkl._mkl_reorder_linear_weight(w, m)
+        torch.ops.mkl._mkl_linear(x, packed, w, None, m)
+        paths["MKL packed"] = lambda: torch.ops.mkl._mkl_linear(x, packed, w, None, m)
+    except (AttributeError, RuntimeError):
+        pass
+    try:
+        dnn = torch.ops.mkldnn._reorder_linear_weight(w, None)
+        torch.ops.mkldnn._linear_pointwise(x, dnn, None, "none", [], "")
+        paths["oneDNN packed"] = lambda: torch.ops.mkldnn._linear_pointwise(x, dnn, None, "none", [], "")
+    except (AttributeError, RuntimeError):
+        pass
+    try:
+        xm, wm = x.to_mkldnn(), w.to_mkldnn()
+        torch._C._nn.mkldnn_linear(xm, wm)
+        paths["oneDNN layout"] = lambda: torch._C._nn.mkldnn_linear(xm, wm)
+    except (AttributeError, RuntimeError):
+        pass
+    return paths
+
+
+def matmul_roofline(cfg) -> tuple[list[list[str]], float, dict[str, float]]:
+    """GFLOP/s of fp32 GEMMs on the model's own linear shapes at M=2048 (a full batch of
+    `batch_tokens`), per exact path: the table, the best rate (the roofline), and each path's
+    flop-weighted rate over one layer (q, k, v, o, gate, up, down)."""
     h, inter, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     head_dim = getattr(cfg, "head_dim", None) or h // cfg.num_attention_heads
     kv = cfg.num_key_value_heads * head_dim
     m = 2048
-    shapes = [("2048x2048 @ 2048x2048", m, 2048, 2048)]
-    for name, k, n in (("q/o proj", h, h), ("k/v proj", h, kv), ("gate/up proj", h, inter),
-                       ("down proj", inter, h), ("lm_head", h, v)):
-        shapes.append((f"{name} {m}x{k} @ {k}x{n}", m, k, n))
-    out = []
+    layer = (("q/o proj", h, h, 2), ("k/v proj", h, kv, 2), ("gate/up proj", h, inter, 2), ("down proj", inter, h, 1))
+    shapes = [*layer, ("lm_head", h, v, 0)]
+    table, per_path, best = [], {}, 0.0
     with torch.inference_mode():
-        for label, mm, k, n in shapes:
-            x = torch.randn(mm, k)
-            w = torch.randn(n, k)
-            if label.startswith("2048x2048"):
-                y = torch.randn(k, n)
-                t = _best_time(lambda: torch.mm(x, y))
-            else:
-                t = _best_time(lambda: torch.nn.functional.linear(x, w))
-            out.append((label, 2.0 * mm * k * n / t / 1e9))
-    return out
+        for name, k, n, count in shapes:
+            x, w = torch.randn(m, k), torch.randn(n, k)
+            rates = {p: 2.0 * m * k * n / _best_time(fn) / 1e9 for p, fn in gemm_paths(x, w).items()}
+            best = max(best, *rates.values())
+            for p, r in rates.items():
+                seconds, flops = per_path.get(p, (0.0, 0.0))
+                per_path[p] = (seconds + count * 2.0 * m * k * n / (r * 1e9), flops + count * 2.0 * m * k * n)
+            table.append([f"{name} {m}x{k} @ {k}x{n}", *(f"{r:.1f}" for r in rates.values())])
+    layer_rate = {p: f / s / 1e9 for p, (s, f) in per_path.items() if s}
+    return table, best, layer_rate
+
+
+def _lossy_modes(choice: str, facts: dict) -> list[str]:
+    if choice == "none":
+        return []
+    if choice == "auto":
+        return ["bf16"] if {"avx512_bf16", "amx_bf16"} & set(facts["flags"]) else []
+    return [m.strip() for m in choice.split(",") if m.strip()]
 
 
 def non_embedding_params(model) -> int:
@@ -392,6 +469,9 @@ def main(argv=None) -> int:
     ap.add_argument("--fp64-check", type=int, default=4,
                     help="passes (longest outputs) also scored by a float64 copy of the model, untimed (default 4)")
     ap.add_argument("--skip", default="", help="comma list of methods to skip: cherry,lmeval")
+    ap.add_argument("--lossy", default="auto",
+                    help="lossy modes to time against exact fp32: comma list of bf16, or none (default auto: bf16 "
+                         "where the CPU has avx512_bf16 or AMX)")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"shared data folder (default {DEFAULT_DATA})")
     args = ap.parse_args(argv)
 
@@ -452,17 +532,24 @@ def main(argv=None) -> int:
     print(f"repeat: {args.repeat} (best run reported)\n", flush=True)
 
     # -- roofline ------------------------------------------------------------------------
+    facts = cpu_facts()
+    fma, how = fma_peak(facts)
+    print(f"CPU: {facts['model']} (family {facts['family']}, model {facts['model_number']}); "
+          f"SIMD: {' '.join(facts['flags'])}")
+    print(f"fp32 FMA peak: {fma:.0f} GFLOP/s ({how})" if fma else f"fp32 FMA peak: unknown ({how})")
     with Usage(args.threads) as usage_mm:
-        mm = matmul_roofline(mcfg)
-    peak = max(g for _, g in mm)
+        mm_table, peak, layer_rate = matmul_roofline(mcfg)
     n_nonemb = non_embedding_params(model)
     fpt = 2.0 * n_nonemb
     head_fpt = 2.0 * mcfg.vocab_size * mcfg.hidden_size * out_tokens / max(tokens, 1)
     roof = peak * 1e9 / fpt
     roof_head = peak * 1e9 / (fpt + head_fpt)
-    print("fp32 matmul rate (torch, best of several runs):")
-    print(fmt_table(["shape", "GFLOP/s"], [[s, f"{g:.1f}"] for s, g in mm]))
-    print(f"peak = {peak:.1f} GFLOP/s; non-embedding params = {n_nonemb:,}; "
+    print("fp32 GEMM rate per exact path, GFLOP/s (torch, best of several runs):")
+    print(fmt_table(["shape", *layer_rate], mm_table))
+    print("one layer's linears, flop-weighted: " + ", ".join(f"{p} {r:.0f}" for p, r in layer_rate.items()))
+    print(f"roofline = the best measured rate = {peak:.1f} GFLOP/s"
+          + (f" ({100 * peak / fma:.0f}% of the FMA peak)" if fma else ""))
+    print(f"non-embedding params = {n_nonemb:,}; "
           f"flops/token = 2 x non-embedding params = {fpt / 1e6:.1f} MFLOP "
           f"-> roofline {roof:.0f} tokens/s ({usage_mm.line()})")
     print(f"variant with lm_head on output tokens only: + 2 x vocab x hidden x output/total tokens "
@@ -588,6 +675,24 @@ def main(argv=None) -> int:
         for name, vals, r in cols:
             ds = [abs(vals[i] - r[i]) for i in idx if vals[i] is not None and r[i] is not None]
             print(f"  {name}: {max(ds):.2e}" if ds else f"  {name}: n/a")
+
+    # -- lossy modes (opt-in settings; never on by default) ------------------------------
+    lossy = _lossy_modes(args.lossy, facts)
+    if lossy:
+        from ontask.models import load_scorer
+
+        table = [["fp32 (exact)", f"{base:.0f}", "1.00x", "0", "0"]]
+        for mode in lossy:
+            s = load_scorer({"spec": "embedded", "dtype": mode})
+            with Usage(args.threads) as usage[mode]:
+                run = run_ontask(input_path, cfg, s, requests, args.repeat)
+            dev = [abs(a / n - b / n) for a, b, n in zip(run["sums"], o, n_out) if None not in (a, b, n)]
+            tps = tok / run["seconds"]
+            table.append([f"{mode} (--model-option scorer.dtype={mode})", f"{tps:.0f}", f"{tps / base:.2f}x",
+                          f"{max(dev):.4f}", f"{sorted(dev)[len(dev) // 2]:.4f}"])
+        print("\nlossy modes, ontask run_score end to end on the same passes; deviation = |mean lp per "
+              "pass - fp32's| (ROC AUC change: benchmarks/bench_auc.py --dtype MODE):")
+        print(fmt_table(["mode", "tokens/s", "x vs fp32", "max |d lp|", "median |d lp|"], table))
 
     usage["roofline"] = usage_mm
     busy = [k for k, u in usage.items() if max(u.load0, u.load1) > u.threads + 1]
