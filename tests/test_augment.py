@@ -260,3 +260,23 @@ def test_the_python_api_augments_as_the_pipeline_does(tmp_path, db, embedder):
     assert page.exists() and "augmentation" in page.read_text(encoding="utf-8")
     card = ontask.export(res, tmp_path / "train.jsonl", format="alpaca")
     assert card["counts"]["exported"] == len(res) and card["recipe"] == ["augment"]
+
+
+def test_dry_run_counts_the_search_exactly_and_bounds_every_roles_calls(tmp_path, db, embedder):
+    """plan_augment explores what the run explores (exact states), and no role of the real run
+    makes more calls than the plan's bound; the bound of the judge and responders is reached
+    when every instruction is valid."""
+    from ontask.tcia.pipeline import plan_augment
+
+    with FakeServer(chat_handler=tcia_chat_handler, model_name=("tiny", "tiny-b")) as server:
+        cfg = _config(server.base_url, samples=12, max_states=40)
+        cache = ResultCache(tmp_path / "cache.sqlite")
+        inputs = read_inputs(DATA / "demo_inputs.jsonl")
+        plan = plan_augment([Seed(SEED)], inputs, cfg, db=db, embedder=embedder, roles=Roles(cfg, cache))
+        manifest, _ = _run(tmp_path, server, db, embedder, samples=12, max_states=40)
+    f = manifest["funnel"]
+    assert (plan["states_explored"], plan["states_sampled"]) == (f["states_explored"], f["sampled"]) == (40, 12)
+    assert plan["calls_at_most"]["composer"] == 12 * (1 + cfg.max_refinements)
+    assert plan["rows_at_most"] == 12 * 2 >= f["kept"]
+    for role, bound in plan["calls_at_most"].items():
+        assert manifest["models"][role]["calls"]["requests"] <= bound, role

@@ -273,6 +273,26 @@ def augment(cfg: AugmentConfig, output: str | os.PathLike, *, seeds: list[Any], 
         return run_augment(seeds, inputs, cfg, output, db=db, embedder=emb, roles=roles, progress=progress)
 
 
+def plan_augment(cfg: AugmentConfig, *, seeds: list[Any], inputs: list[str], cache_path: str | os.PathLike | None = None,
+                 db: Any = None, status: Status = _no_status) -> dict[str, Any]:
+    """What `augment` will do (`--dry-run`): exact states explored and sampled, and the most
+    calls per role (see `tcia.pipeline.plan_augment`); writes nothing but cache entries."""
+    from .embed import load_embedder
+    from .tcia.database import ConstraintDB
+    from .tcia.pipeline import plan_augment as plan
+
+    cfg.check_models()
+    quiet_libraries()
+    cache = open_cache(cache_path)
+    with status(f"loading embedder {cfg.embedder}"):
+        emb = load_embedder(cfg.embedder, cache=cache)
+    db = db or ConstraintDB.load(cfg.db, expect_embedder=emb.name)
+    with status("loading models " + ", ".join(sorted({str(s) for s in cfg.roles().values()}))):
+        roles = build_roles(cfg.model_copy(update={"engine": "local"}), cache)
+    with status("decomposing the seeds and searching"):
+        return plan(seeds, inputs, cfg, db=db, embedder=emb, roles=roles)
+
+
 def count_rows(path: str | os.PathLike, cfg: ScoreConfig) -> int | None:
     """Rows a score run will read, for a progress bar's total (a cheap extra read; None when
     the input cannot be read: the run itself reports why, with file and line)."""

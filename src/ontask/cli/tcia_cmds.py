@@ -14,6 +14,7 @@ from typing import Any, Iterator, Optional
 import click
 import typer
 from pydantic import ConfigDict, ValidationError
+from rich.console import Console
 from rich.table import Table
 
 from ..models.roles import RoleModels, apply_model_options
@@ -187,6 +188,8 @@ def augment_cmd(
                                          "(IFEval checkers: length, format, keywords, case, language...) before the judge (default: on)."),
     rng_seed: Optional[int] = typer.Option(None, "--rng-seed", help="Random seed of the search and pairing (default 0)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Use only the first N seed instructions (try a slice first)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Decompose the seeds and search (exact states), print the most "
+                                 "calls each role can make, and stop."),
     cache: Optional[Path] = typer.Option(None, help="Result cache file."),
     config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False, help="YAML settings; flags override."),
 ) -> None:
@@ -215,10 +218,41 @@ def augment_cmd(
         m._fail("--inputs FILE is required: the real inputs of the task to pair instructions with")
     if cfg.db is None:
         m._fail("--db is required: build one with `ontask db build CORPUS -o DB`")
+    if dry_run:
+        _augment_dry_run(cfg, seed_text=seed_text, seeds_file=seeds, inputs_file=inputs, input_field=input_field,
+                         cache_path=cache, limit=limit)
+        return
     manifest = run_augment_cli(cfg, output, seed_text=seed_text, seeds_file=seeds, inputs_file=inputs,
                                input_field=input_field, cache_path=cache, limit=limit)
     if manifest["outputs"]["rows"] == 0:
         m._fail("no row was kept: see the funnel above and the reasons in instructions.jsonl / failed.jsonl", 1)
+
+
+def _augment_dry_run(cfg, *, seed_text: str | None, seeds_file: Path | None, inputs_file: Path,
+                     input_field: str | None, cache_path: Path | None, limit: int | None) -> None:
+    from .. import api
+    from ..tcia.pipeline import Seed
+    from ..tcia.sources import read_inputs, read_seeds
+
+    m = _main()
+    with _reported():
+        seeds = [Seed(seed_text, source="--seed")] if seed_text else read_seeds(seeds_file)[:limit]
+        pool = read_inputs(inputs_file, input_field)
+        plan = api.plan_augment(cfg, seeds=seeds, inputs=pool, cache_path=cache_path, status=m.console.status)
+    table = Table(title="dry run: ontask augment", title_justify="left")
+    table.add_column("role")
+    table.add_column("model")
+    table.add_column("calls at most", justify="right")
+    for role, n in plan["calls_at_most"].items():
+        table.add_row(role, plan["models"][role], f"{n:,}")
+    Console().print(table)
+    Console().print(f"seeds: {plan['seeds_usable']} of {plan['seeds']} usable; states explored "
+                    f"{plan['states_explored']:,}, sampled {plan['states_sampled']:,}; rows at most "
+                    f"{plan['rows_at_most']:,}; judge mode {plan['judge_mode']}. Calls at most: every state composed "
+                    "with every refinement, every instruction valid, every answer judged. Tokens, time and cost are "
+                    "not estimated for augment: its later prompts hold texts the run has not written yet.")
+    for f in plan["seed_failures"]:
+        m.console.print(f"[yellow]seed {f['seed']}:[/] {f['reason']}")
 
 
 def _augment_settings(config: Path | None, flags: dict[str, Any], model_option: list[str] | None) -> dict[str, Any]:

@@ -38,11 +38,11 @@ from .decompose import decompose, states_of
 from .judges import Judged, JudgeSpec, resolve_mode, run_judge
 from .metrics import distances_per_hop, per_hop, ratio_per_hop
 from .prompts import templates_digest
-from .respond import answer, best_answer, judge_answers
+from .respond import RESPONSE, answer, best_answer, judge_answers
 from .schemas import OnTask
 from .search import SearchConfig, explore
 from .state import InstructionState, Node
-from .validate import is_valid, judge_validity, pick_inputs
+from .validate import VALIDITY, is_valid, judge_validity, pick_inputs
 
 Tick = Callable[[int], None]
 StageProgress = Callable[[str, int], Tick]
@@ -213,6 +213,36 @@ def run_augment(seeds: Sequence[Seed], inputs: Sequence[str], cfg: AugmentConfig
 
 
 # -- stages ------------------------------------------------------------------------------
+def plan_augment(seeds: Sequence[Seed], inputs: Sequence[str], cfg: AugmentConfig, *, db: Any, embedder: Any,
+                 roles: Roles) -> dict[str, Any]:
+    """What `run_augment` will do (`augment --dry-run`): steps 1 and 3 for real (the seeds'
+    decomposition, through the cache, and the search, which calls no model), so the states
+    explored and sampled are exact; then the most calls each role can make in steps 4-6
+    (every state composed with every refinement, every instruction valid, every answer
+    judged): drops only lower them. Tokens and cost are not estimated: the prompts of
+    steps 4-6 hold texts that do not exist before the run writes them."""
+    failures: list[dict[str, Any]] = []
+    seed_states = _decompose_seeds(seeds, roles["decomposer"], failures, lambda name, total: (lambda n: None))
+    explored = sampled = 0
+    for state in seed_states.values():
+        result = explore(state, db, embedder.embed, _search_config(cfg, state))
+        explored, sampled = explored + len(result.nodes), sampled + len(result.sampled)
+    s, p, r = sampled, min(cfg.inputs_per_instruction, len(inputs)), len(cfg.responders)
+    mode = resolve_mode(cfg.judge_mode, roles["judge"])
+    per_item = (lambda spec: len(spec.dims)) if mode == "logprob" else (lambda spec: 1)  # one call per dimension
+    calls = {
+        "decomposer": sum(seed.state is None for seed in seeds) + (s if cfg.on_task and cfg.on_task_decompose else 0),
+        "composer": s * (1 + cfg.max_refinements),
+        "verifier": s * (1 + cfg.max_refinements),
+        "judge": s * per_item(VALIDITY) + (s * per_item(ON_TASK) if cfg.on_task else 0) + s * p * r * per_item(RESPONSE),
+        **{f"responder_{i}": s * p for i in range(r)},
+    }
+    return {"seeds": len(seeds), "seeds_usable": len(seed_states), "seed_failures": failures,
+            "states_explored": explored, "states_sampled": s, "pairs_at_most": s * p, "rows_at_most": s * p,
+            "judge_mode": mode, "calls_at_most": calls,
+            "models": {role: str(spec) for role, spec in cfg.roles().items()}}
+
+
 def _decompose_seeds(seeds, decomposer, failures, stage) -> dict[int, InstructionState]:
     states = {}
     for i, s in enumerate(seeds):
