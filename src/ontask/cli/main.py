@@ -167,7 +167,7 @@ def _run_score(input: Path, output: Path, cfg, cache_path: Path | None) -> dict:
     try:
         total = api.count_rows(input, cfg)
         passes = total * cfg.passes_per_row if total is not None else None
-        with pass_progress(console, total, passes, "score") as update:
+        with pass_progress(console, total, passes, "score", cost=cfg.spec_for("scorer").cost) as update:
             manifest = api.score(input, output, cfg, cache_path=cache_path, progress=update, status=console.status)
     except KeyboardInterrupt:
         _fail("interrupted; run the same command again to resume (every finished batch of passes is cached)", 130)

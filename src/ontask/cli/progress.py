@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
 @contextmanager
-def pass_progress(console: Console, rows: int | None, passes: int | None, label: str) -> Iterator:
+def pass_progress(console: Console, rows: int | None, passes: int | None, label: str,
+                  cost: Callable[[int], float | None] = lambda tokens: None) -> Iterator:
     """Yields `update(rows_done, passes_done, tokens_total)` for the scoring pipeline: the bar
     counts passes (it moves at every forward batch; the total is at most `passes`, fewer
     when hard alternatives skip near duplicates) and shows rows finished and tokens/s. The
     bar appears at the first update, so a run that stops before any work (a refused setting,
-    a server that cannot give its template) prints its error without an empty bar above it."""
+    a server that cannot give its template) prints its error without an empty bar above it.
+    `cost(tokens)` gives the spent cost of a priced scorer (None: no price), shown beside."""
     start = time.perf_counter()
     columns = [
         TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("passes"),
@@ -34,7 +36,10 @@ def pass_progress(console: Console, rows: int | None, passes: int | None, label:
         rows_done += rows_delta
         dt = max(time.perf_counter() - start, 1e-9)
         of = f"/{rows:,}" if rows is not None else ""
-        bar.update(task, advance=passes_delta, rate=f"rows {rows_done:,}{of}, {tokens:,} tok ({tokens / dt:,.0f} tok/s)")
+        spent = cost(tokens)
+        money = f", ${spent:,.4f}" if spent is not None else ""
+        bar.update(task, advance=passes_delta,
+                   rate=f"rows {rows_done:,}{of}, {tokens:,} tok ({tokens / dt:,.0f} tok/s){money}")
 
     try:
         yield update
