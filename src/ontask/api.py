@@ -257,19 +257,11 @@ def augment(cfg: AugmentConfig, output: str | os.PathLike, *, seeds: list[Any], 
             cache_path: str | os.PathLike | None = None, db: Any = None, progress: Any = None,
             status: Status = _no_status) -> dict[str, Any]:
     """Run TCIA's six steps from `seeds` over the input pool `inputs` into the run folder `output`."""
-    from .embed import load_embedder
-    from .tcia.database import ConstraintDB
     from .tcia.pipeline import run_augment
 
-    cfg.check_models()  # every role's provider and options, before anything loads
-    quiet_libraries()
-    cache = open_cache(cache_path)
-    with status(f"loading embedder {cfg.embedder}"):
-        emb = load_embedder(cfg.embedder, cache=cache)
-    db = db or ConstraintDB.load(cfg.db, expect_embedder=emb.name)
+    cache, emb, db = _augment_setup(cfg, cache_path, db, status)
     with executor_session(cfg):
-        with status("loading models " + ", ".join(sorted({str(s) for s in cfg.roles().values()}))):
-            roles = build_roles(cfg, cache)
+        roles = _augment_roles(cfg, cache, status)
         return run_augment(seeds, inputs, cfg, output, db=db, embedder=emb, roles=roles, progress=progress)
 
 
@@ -277,20 +269,31 @@ def plan_augment(cfg: AugmentConfig, *, seeds: list[Any], inputs: list[str], cac
                  db: Any = None, status: Status = _no_status) -> dict[str, Any]:
     """What `augment` will do (`--dry-run`): exact states explored and sampled, and the most
     calls per role (see `tcia.pipeline.plan_augment`); writes nothing but cache entries."""
-    from .embed import load_embedder
-    from .tcia.database import ConstraintDB
     from .tcia.pipeline import plan_augment as plan
 
-    cfg.check_models()
+    cache, emb, db = _augment_setup(cfg, cache_path, db, status)
+    roles = _augment_roles(cfg.model_copy(update={"engine": "local"}), cache, status)  # no Ray for a plan
+    with status("decomposing the seeds and searching"):
+        return plan(seeds, inputs, cfg, db=db, embedder=emb, roles=roles)
+
+
+def _augment_setup(cfg: AugmentConfig, cache_path: str | os.PathLike | None, db: Any,
+                   status: Status) -> tuple[ResultCache, Any, Any]:
+    """Settings checked before anything loads, then the cache, the embedder and the database."""
+    from .embed import load_embedder
+    from .tcia.database import ConstraintDB
+
+    cfg.check_models()  # every role's provider and options, before anything loads
     quiet_libraries()
     cache = open_cache(cache_path)
     with status(f"loading embedder {cfg.embedder}"):
         emb = load_embedder(cfg.embedder, cache=cache)
-    db = db or ConstraintDB.load(cfg.db, expect_embedder=emb.name)
+    return cache, emb, db or ConstraintDB.load(cfg.db, expect_embedder=emb.name)
+
+
+def _augment_roles(cfg: AugmentConfig, cache: ResultCache, status: Status) -> Any:
     with status("loading models " + ", ".join(sorted({str(s) for s in cfg.roles().values()}))):
-        roles = build_roles(cfg.model_copy(update={"engine": "local"}), cache)
-    with status("decomposing the seeds and searching"):
-        return plan(seeds, inputs, cfg, db=db, embedder=emb, roles=roles)
+        return build_roles(cfg, cache)
 
 
 def count_rows(path: str | os.PathLike, cfg: ScoreConfig) -> int | None:

@@ -13,13 +13,12 @@ manifest first (a copied or moved run folder), then as written.
 
 from __future__ import annotations
 
-import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..records import InputError
+from ..io.manifests import read_manifest, recorded_path
 from ..runs import side_file
 
 MAX_STEPS = 16  # a chain is a few commands; this only stops a loop of manifests
@@ -68,7 +67,7 @@ def find_recipe(data_file: Path) -> Recipe:
         recipe.steps.insert(0, step)
         if step.command == "augment":
             break
-        current = recorded_path(manifest.get("input"), path.parent)
+        current = recorded_path(manifest.get("input"), path.parent, run_folders=True)
         if current is None and manifest.get("input"):
             recipe.notes.append(f"{manifest.get('input')} (the input {path.name} records) was not found; "
                                 "the chain stops there")
@@ -91,19 +90,6 @@ def _manifest_of(file: Path, notes: list[str]) -> tuple[Path, dict[str, Any]] | 
     return None
 
 
-def read_manifest(path: Path) -> dict[str, Any] | None:
-    """A manifest's content, None if there is none; an unreadable one is an error naming it."""
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(str(path), f"not a readable manifest ({err})") from err
-    if not isinstance(data, dict):
-        raise InputError(str(path), f"a manifest must be a JSON object, got {type(data).__name__}")
-    return data
-
-
 def belongs(manifest: dict[str, Any], file: Path) -> bool:
     """Whether `manifest` was written for `file` (the output it records has the file's name)."""
     if manifest.get("command") == "augment":
@@ -111,20 +97,6 @@ def belongs(manifest: dict[str, Any], file: Path) -> bool:
         return outputs is None or Path(str(outputs)).name == file.name
     recorded = manifest.get("output")
     return recorded is None or Path(str(recorded)).name == file.name
-
-
-def recorded_path(recorded: Any, manifest_dir: Path) -> Path | None:
-    """A data file a manifest names, beside the manifest first, then as written; a run
-    folder stands for its `data.jsonl`."""
-    if not recorded:
-        return None
-    p = Path(str(recorded))
-    for candidate in (manifest_dir.parent / p.parent.name / p.name, manifest_dir / p.name, p):
-        if candidate.is_dir() and (candidate / "data.jsonl").is_file():
-            return candidate / "data.jsonl"
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 # -- one step per command --------------------------------------------------------------------

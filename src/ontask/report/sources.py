@@ -13,11 +13,11 @@ then as given, which keeps a moved or copied run folder readable.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..io.manifests import read_manifest, recorded_path
 from ..records import InputError
 from ..runs import side_file
 
@@ -42,13 +42,13 @@ class ReportSources:
     def dropped_file(self) -> Path | None:
         if self.select_manifest is None or self.select_manifest_file is None:
             return None
-        return _recorded_path(self.select_manifest.get("dropped"), self.select_manifest_file.parent)
+        return recorded_path(self.select_manifest.get("dropped"), self.select_manifest_file.parent)
 
     @property
     def score_failed_file(self) -> Path | None:
         if self.scored_file is None:
             return None
-        recorded = _recorded_path((self.score_manifest or {}).get("failed"), self.scored_file.parent)
+        recorded = recorded_path((self.score_manifest or {}).get("failed"), self.scored_file.parent)
         return recorded or side_file(self.scored_file, "failed.jsonl")
 
 
@@ -67,12 +67,12 @@ def find_sources(path: str | Path) -> ReportSources:
                 _from_folder(src, sub)
     if src.select_manifest is not None and src.scored_file is None:
         folder = src.select_manifest_file.parent if src.select_manifest_file else None
-        src.scored_file = _recorded_path(src.select_manifest.get("input"), folder)
+        src.scored_file = recorded_path(src.select_manifest.get("input"), folder)
         if src.scored_file is None:
             src.notes.append(f"the scored file that {src.select_manifest_file} names was not found")
     if src.scored_file is not None and src.score_manifest is None:
         manifest_file = side_file(src.scored_file, "run.json")
-        manifest = _read_manifest(manifest_file)
+        manifest = read_manifest(manifest_file)
         if manifest and manifest.get("command") == "score" and _belongs(manifest, src.scored_file):
             src.score_manifest, src.score_manifest_file = manifest, manifest_file
     if not _found_anything(src):
@@ -87,15 +87,15 @@ def _found_anything(src: ReportSources) -> bool:
 
 
 def _from_folder(src: ReportSources, folder: Path) -> None:
-    manifest = _read_manifest(folder / "run.json")
+    manifest = read_manifest(folder / "run.json")
     if manifest is not None:
         command = manifest.get("command")
         if command == "augment" and src.augment_dir is None:
             src.augment_dir, src.augment_manifest = folder, manifest
         elif command == "score" and src.score_manifest is None:
             src.score_manifest, src.score_manifest_file = manifest, folder / "run.json"
-            src.scored_file = _recorded_path(manifest.get("output"), folder) or _default_data(folder)
-    select = _read_manifest(folder / "select.json")
+            src.scored_file = recorded_path(manifest.get("output"), folder) or _default_data(folder)
+    select = read_manifest(folder / "select.json")
     if select is not None and src.select_manifest is None:
         src.select_manifest, src.select_manifest_file = select, folder / "select.json"
 
@@ -106,7 +106,7 @@ def _from_data_file(src: ReportSources, file: Path) -> None:
     if file.suffix.lower() not in DATA_SUFFIXES:
         raise InputError(str(file), f"not a data file ({', '.join(DATA_SUFFIXES)}) or a run folder")
     select_file, run_file = side_file(file, "select.json"), side_file(file, "run.json")
-    select, manifest = _read_manifest(select_file), _read_manifest(run_file)
+    select, manifest = read_manifest(select_file), read_manifest(run_file)
     for found, where in ((select, select_file), (manifest, run_file)):
         if found is not None and not _belongs(found, file):
             raise InputError(str(file), f"{where} is the manifest of {found.get('output')}, not of this file; "
@@ -133,34 +133,3 @@ def _belongs(manifest: dict[str, Any], file: Path) -> bool:
 def _default_data(folder: Path) -> Path | None:
     candidate = folder / "data.jsonl"
     return candidate if candidate.exists() else None
-
-
-def _recorded_path(recorded: Any, manifest_dir: Path | None) -> Path | None:
-    """A path from a manifest, looked for where the manifest is first, then as written.
-
-    Beside the manifest first: in a copied or moved run folder the recorded path may still
-    exist but point at the original, and the copy is what the user asked about.
-    """
-    if not recorded:
-        return None
-    p = Path(str(recorded))
-    candidates = []
-    if manifest_dir is not None:
-        candidates += [manifest_dir.parent / p.parent.name / p.name, manifest_dir / p.name]
-    candidates.append(p)
-    for c in candidates:
-        if c.is_file():
-            return c
-    return None
-
-
-def _read_manifest(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(str(path), f"not a readable manifest ({err})") from err
-    if not isinstance(data, dict):
-        raise InputError(str(path), f"a manifest must be a JSON object, got {type(data).__name__}")
-    return data

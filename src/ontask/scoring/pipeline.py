@@ -51,7 +51,7 @@ class Meter:
 
     @property
     def cost(self) -> float | None:
-        return self.price.cost(self.tokens) if self.price is not None else None
+        return self.price.cost(self.tokens)  # None when the scorer's spec gives no price
 
     def add(self, rows: int, passes: int, tokens: int) -> None:
         self.tokens += tokens
