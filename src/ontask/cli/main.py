@@ -144,7 +144,8 @@ def _dry_run(input: Path, output: Path, cfg, cache_path: Path | None) -> None:
         ("passes to compute", f"{est['passes_to_compute']:,}"),
         ("tokens to compute", f"{est['tokens_to_compute']:,}"),
         ("calibration", f"{cal['passes']} passes of {cal['rows']} rows, {cal['seconds']:.1f} s, "
-                        f"{cal['tokens_per_s'] or 0:,.0f} tok/s (cached for the run)"),
+                        f"{cal['tokens_per_s'] or 0:,.0f} tok/s (cached for the run)"
+                        + (f", ${est['calibration_cost_usd']:.4f} spent" if est["calibration_cost_usd"] is not None else "")),
         ("estimated time", _seconds(est["estimated_wall_s"]) + f" (setup {est['setup_s']:.0f} s, alternatives "
                            f"{est['alternatives_s']:.0f} s, passes {_seconds(est['estimated_score_s'])})"),
         ("estimated cost", f"${est['estimated_cost_usd']:.4f}" if est["estimated_cost_usd"] is not None

@@ -25,9 +25,11 @@ from .plan import RowPlan, pass_key, plan_row
 def estimate_run(job: Scoring, path: Path, *, calibrate_rows: int = 24) -> dict[str, Any]:
     """Plan every row of `path`, count passes and tokens to compute, calibrate, predict.
 
-    The calibration scores the uncached passes of `calibrate_rows` rows drawn at random:
-    enough forward batches that one slow first call does not dominate, few enough to take
-    seconds; they are committed, so they are not a cost the run pays again."""
+    The calibration scores the uncached passes of `calibrate_rows` rows drawn at random (at
+    most a tenth of the rows, at least one: a dry run of a small file must not do the whole
+    job, nor spend a priced model's budget): enough forward batches that one slow first call
+    does not dominate, few enough to take seconds; they are committed, so they are not a
+    cost the run pays again."""
     cfg, scorer = job.cfg, job.scorer
     t0 = time.perf_counter()
     job.build_alternatives(path)
@@ -59,6 +61,7 @@ def estimate_run(job: Scoring, path: Path, *, calibrate_rows: int = 24) -> dict[
             to_compute += 1
             tokens += scorer.count_tokens(scorer.render_prompt(req.user) + req.output)
     plan_s = time.perf_counter() - t0
+    sample = rng.sample(sample, min(len(sample), max(1, rows // 10)))
 
     t1 = time.perf_counter()
     job.run_passes(sample)  # computed for real and committed: the run reuses them
