@@ -135,7 +135,7 @@ def _dry_run(input: Path, output: Path, cfg, cache_path: Path | None) -> None:
         _fail(str(err))
     cal = est["calibration"]
     table = Table(title=f"dry run: ontask score {input}", title_justify="left", show_header=False)
-    table.add_column("")
+    table.add_column("", no_wrap=True)  # labels stay whole at any terminal width
     table.add_column("", justify="right")
     for name, value in [
         ("rows", f"{est['rows']:,}" + (f" (+{est['rows_failed_to_read']} unreadable)" if est["rows_failed_to_read"] else "")),
