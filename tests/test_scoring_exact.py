@@ -24,9 +24,10 @@ REQUESTS = [
 ]
 
 
-def hand_logprob(scorer: HFScorer, req: PassRequest) -> tuple[float, int]:
-    """Reference: one full forward of prompt+output, log_softmax in float64, gather."""
-    tok, model = scorer.tokenizer, scorer.model
+def hand_logprob(scorer: HFScorer, req: PassRequest, model=None) -> tuple[float, int]:
+    """Reference: one full forward of prompt+output (by `model`, else the scorer's),
+    log_softmax in float64, gather."""
+    tok, model = scorer.tokenizer, model if model is not None else scorer.model
     prompt = tok.apply_chat_template([{"role": "user", "content": req.user}], tokenize=False, add_generation_prompt=True)
     p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
     full = tok(prompt + req.output, add_special_tokens=False)["input_ids"]
@@ -173,7 +174,9 @@ def test_cache_key_changes_with_model_identity(tiny_dir, tiny_scorer):
 
 
 @pytest.mark.slow
-def test_smollm2_batched_matches_one_at_a_time(smol_scorer):
+def test_smollm2_batched_matches_a_float64_reference(smol_scorer):
+    """Within 1e-4 of float64 on each pass's sum (71-110 tokens): what 'exact' means here."""
+    import copy
     from importlib.resources import files
 
     rows = [json.loads(l) for l in (files("ontask") / "data" / "sample_support.jsonl").read_text().splitlines()[:6]]
@@ -181,7 +184,8 @@ def test_smollm2_batched_matches_one_at_a_time(smol_scorer):
     reqs += [PassRequest("", rows[0]["output"]), PassRequest(build_user_turn(rows[1]["instruction"], rows[0]["input"]), rows[0]["output"])]
     batched = smol_scorer.score(reqs)
     assert smol_scorer.stats["batches"] >= 1
+    double = copy.deepcopy(smol_scorer.model).double()
     for req, res in zip(reqs, batched):
-        want, n = hand_logprob(smol_scorer, req)
+        want, n = hand_logprob(smol_scorer, req, model=double)
         assert res.n_output == n
         assert res.sum_logprob == pytest.approx(want, abs=1e-4)  # summed over all output tokens

@@ -45,6 +45,10 @@ class ModelSpec(BaseModel):
     batch_tokens: int | None = Field(None, ge=64, description="scoring: padded tokens per forward batch")
     batch_size: int | None = Field(None, ge=1, description="generation: prompts per batch")
     max_length: int | None = Field(None, ge=8, description="context length (default: the model's)")
+    kernels: Literal["auto", "fused", "eager"] | None = Field(
+        None, description="CPU fp32 scoring: the fused Llama-family forward (auto: where it applies) or transformers' (eager)")
+    gemm: Literal["auto", "default", "onednn"] | None = Field(
+        None, description="CPU fp32 scoring: the GEMM path of the fused forward (auto: by the CPU's vendor)")
     # accounting (any provider): what the provider charges, for --dry-run's estimate, the
     # spent cost in run.json and --max-cost. None built in: a stale price would mislead silently.
     input_price: float | None = Field(None, ge=0, description="USD per million prompt tokens")

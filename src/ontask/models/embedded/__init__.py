@@ -20,7 +20,8 @@ class EmbeddedProvider:
         from .weights import load_embedded_scorer
 
         _no_target(spec)
-        return load_embedded_scorer(**take(spec, settings, "device", "dtype", "batch_tokens", "share_prefix", "max_length"))
+        return load_embedded_scorer(**take(spec, settings, "device", "dtype", "batch_tokens", "share_prefix", "max_length",
+                                                   "kernels", "gemm"))
 
     def generator(self, spec: ModelSpec, **settings: Any) -> Any:
         from .weights import load_embedded_generator

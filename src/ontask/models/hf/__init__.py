@@ -16,7 +16,7 @@ class HFProvider:
         from .scorer import load_hf_scorer
 
         return load_hf_scorer(spec.target, **take(spec, settings, "device", "dtype", "batch_tokens", "share_prefix",
-                                                   "max_length"))
+                                                   "max_length", "kernels", "gemm"))
 
     def generator(self, spec: ModelSpec, **settings: Any) -> Any:
         from .generator import load_hf_generator

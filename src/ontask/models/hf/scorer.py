@@ -7,7 +7,12 @@ How it is fast (in the spirit of lm-evaluation-harness's loglikelihood):
   log-softmax (the widest matmul of a small model) run only on the positions that
   predict output tokens;
 - when every sequence of a batch starts with the same tokens (the chat template's system
-  header), that prefix runs once and its key/value cache is shared by the batch.
+  header), that prefix runs once and its key/value cache is shared by the batch;
+- on the CPU in fp32, Llama-family bodies run a fused forward (`fused.py`: fewer passes
+  over memory, wider GEMMs, on the CPU's fastest exact GEMM path); `kernels: eager` turns
+  it off, `gemm` picks the path;
+- the log-softmax over the vocabulary runs on slices of rows small enough to stay in the
+  CPU's cache (four passes over a [1024 x vocab] buffer in memory cost more than its GEMM).
 
 Output tokens are located exactly: the prompt is tokenised alone and must be a prefix of
 the tokenised prompt + output; if the tokenizer merges across the boundary, the output is
@@ -27,8 +32,13 @@ import torch
 from ..base import OnResults, PassOutcome, PassRequest, PassResult, fingerprint_of
 from ..local.tokenized import TokenizingScorer
 from ..local.weights import load_causal_lm, model_device
+from .fused import FusedBody, supports
+from .gemm import pick_gemm
 
 MIN_SHARED_PREFIX = 8  # below this, sharing a prefix costs more than it saves
+KERNELS = ("auto", "fused", "eager")
+HEAD_ROWS = 1024  # positions per vocabulary GEMM (bounds the [positions x vocab] buffer)
+SOFTMAX_ROWS = 16  # rows per log-softmax slice: 16 x 49k vocab x 4 B = 3 MB, cache-sized
 
 
 class HFScorer(TokenizingScorer):
@@ -44,6 +54,8 @@ class HFScorer(TokenizingScorer):
         batch_tokens: int = 2048,
         max_length: int | None = None,
         share_prefix: bool = True,
+        kernels: str = "auto",
+        gemm: str = "auto",
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -66,6 +78,7 @@ class HFScorer(TokenizingScorer):
             **({"device": self.device.type} if self.device.type != "cpu" else {}),
         }
         self._fingerprint = fingerprint_of(self._identity)
+        self._fused, self.kernels = _kernels(model, kernels, gemm)
         self.stats = {"batches": 0, "tokens": 0, "passes": 0}
 
     # -- identity -----------------------------------------------------------------
@@ -74,7 +87,8 @@ class HFScorer(TokenizingScorer):
         return self._fingerprint
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "fingerprint": self._fingerprint, **self._identity}
+        # kernels are not in the fingerprint: they agree to float32 rounding, like batch sizes
+        return {"name": self.name, "fingerprint": self._fingerprint, **self._identity, "kernels": self.kernels}
 
     # -- scoring --------------------------------------------------------------------
     def score(self, requests: Sequence[PassRequest], on_results: OnResults | None = None) -> list[PassOutcome]:
@@ -119,7 +133,10 @@ class HFScorer(TokenizingScorer):
         for b, s in enumerate(seqs):
             ids[b, : len(s) - prefix] = torch.tensor(s[prefix:])
         ids = ids.to(self.device)
-        if prefix:
+        if self._fused is not None:
+            shared = self._fused.prefix(torch.tensor([seqs[0][:prefix]])) if prefix else None
+            hidden = self._fused(ids, shared)
+        elif prefix:
             out = self._body(input_ids=torch.tensor([seqs[0][:prefix]], device=self.device), use_cache=True)
             pre = out["cache"] if "cache" in out else out.past_key_values  # transformers >= 5.25 names it cache
             pre.batch_repeat_interleave(len(seqs))
@@ -138,11 +155,13 @@ class HFScorer(TokenizingScorer):
         h = hidden[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)]
         tgt = torch.tensor(targets, device=self.device)
         token_lp = torch.empty(len(targets), dtype=torch.float64, device=self.device)  # one copy back, at the end
-        for a in range(0, len(targets), 1024):  # bound the [positions x vocab] buffer
-            logits = self._head(h[a : a + 1024]).float()
+        for a in range(0, len(targets), HEAD_ROWS):
+            logits = self._head(h[a : a + HEAD_ROWS]).float()
             if self._softcap:
                 logits = torch.tanh(logits / self._softcap) * self._softcap
-            token_lp[a : a + 1024] = _target_logprobs(logits, tgt[a : a + 1024])
+            step = SOFTMAX_ROWS if self.device.type == "cpu" else HEAD_ROWS  # a GPU wants it whole
+            for c in range(0, len(logits), step):
+                token_lp[a + c : a + c + step] = _target_logprobs(logits[c : c + step], tgt[a + c : a + c + step])
         sums = torch.zeros(len(seqs), dtype=torch.float64, device=self.device).index_add_(
             0, torch.tensor(owner, device=self.device), token_lp
         ).cpu()
@@ -167,6 +186,22 @@ def _target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     sumexp = torch.exp(shifted).sum(dim=-1, dtype=torch.float64)
     picked = shifted.gather(1, targets[:, None])[:, 0].double()
     return picked - torch.log(sumexp)
+
+
+def _kernels(model: Any, kernels: str, gemm: str) -> tuple[FusedBody | None, str]:
+    """The fused body where it applies (`auto`), is demanded (`fused`, else an error saying
+    why it cannot), or none (`eager`); and what runs, in words, for run.json."""
+    if kernels not in KERNELS:
+        raise ValueError(f"unknown kernels '{kernels}': use {', '.join(KERNELS)}")
+    path = pick_gemm(gemm)
+    if kernels == "eager":
+        return None, "eager (transformers)"
+    why_not = supports(model)
+    if why_not:
+        if kernels == "fused":
+            raise ValueError(f"kernels fused: not for this model: {why_not} (use kernels auto or eager)")
+        return None, f"eager (transformers; fused does not apply: {why_not})"
+    return FusedBody(model, gemm=path), f"fused (gemm {path})"
 
 
 def _common_prefix(seqs: list[list[int]], limit: int) -> int:
@@ -197,7 +232,8 @@ def weights_identity(path: Path) -> dict[str, Any]:
 def load_hf_scorer(path: str | os.PathLike, *, name: str | None = None, identity: dict | None = None,
                    device: str | None = None, dtype: str | None = None, **kw: Any) -> HFScorer:
     """Load `hf:PATH` (a local folder; no hub access on purpose) as a scorer on `device` in
-    `dtype` (auto: the GPU in bf16 when there is one, else the CPU in fp32, exact to 1e-4)."""
+    `dtype` (auto: the GPU in bf16 when there is one, else the CPU in fp32, exact to 1e-4);
+    `kernels` and `gemm` as `HFScorer` takes them."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"hf model folder not found: {path} (ontask never downloads models)")

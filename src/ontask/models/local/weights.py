@@ -20,7 +20,7 @@ from typing import Any
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 # The spec options every local transformers provider (embedded, hf:) takes.
-LOCAL_OPTIONS = frozenset({"device", "dtype", "batch_tokens", "batch_size", "max_length"})
+LOCAL_OPTIONS = frozenset({"device", "dtype", "batch_tokens", "batch_size", "max_length", "kernels", "gemm"})
 _LOADED: dict[tuple[Any, ...], Any] = {}
 _LOCK = threading.Lock()
 

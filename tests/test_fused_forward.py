@@ -1,0 +1,104 @@
+"""The fused CPU forward (`kernels: auto|fused`) computes what transformers' forward does:
+every pass's summed log-prob against a float64 copy of the model, on Llama and on Qwen2
+(q/k/v biases, permuted with their rows), each GEMM path, with and without a shared prefix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ontask.models.base import PassRequest
+from ontask.models.hf.scorer import HFScorer
+
+REQUESTS = [
+    PassRequest("Summarise the meeting notes in three bullet points.\n\nWe met on Monday.", "Three points: budget, hiring, launch."),
+    PassRequest("Summarise the meeting notes in three bullet points.\n\nShort one.", "Budget."),
+    PassRequest("", "Three points: budget, hiring, launch."),
+    PassRequest("Translate the sentence into French.", "Le temps est beau aujourd'hui."),
+    PassRequest("Écris un haïku 🍂", "Feuilles d'automne\nsur la rivière calme"),
+]
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory, tiny_dir):
+    """A tiny random Qwen2 (attention biases, 4 query heads over 2 KV heads) on the tiny tokenizer."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    torch.manual_seed(1)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      rope_theta=10000.0, tie_word_embeddings=True, pad_token_id=tok.pad_token_id)
+    model = Qwen2ForCausalLM(cfg).float()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    out = tmp_path_factory.mktemp("qwen") / "model"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _reference(model, tokenizer, scorer: HFScorer, req: PassRequest) -> float:
+    """Summed log-prob of the output tokens under a float64 copy of the model."""
+    ids, start = scorer.encode(req)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0]
+    lp = torch.log_softmax(logits, dim=-1)
+    return sum(lp[i - 1, ids[i]].item() for i in range(start, len(ids)))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("gemm", ["default", "onednn"])
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_fused_forward_matches_a_float64_reference(family, gemm, share_prefix, tiny_dir, qwen_dir, monkeypatch):
+    import copy
+
+    import ontask.models.hf.scorer as hf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.setattr(hf, "MIN_SHARED_PREFIX", 2)  # the chat header of the tiny template is short
+    path = tiny_dir if family == "llama" else qwen_dir
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    scorer = HFScorer(model, tok, name="t", identity={}, batch_tokens=4096, share_prefix=share_prefix,
+                      kernels="fused", gemm=gemm)
+    assert scorer.describe()["kernels"] == f"fused (gemm {gemm})"
+    results = scorer.score(REQUESTS)
+    double = copy.deepcopy(model).double()
+    for req, res in zip(REQUESTS, results):
+        assert res.sum_logprob == pytest.approx(_reference(double, tok, scorer, req), abs=1e-5)
+    again = scorer.score(REQUESTS)  # a rerun computes the same floats, bit for bit
+    assert [r.sum_logprob for r in again] == [r.sum_logprob for r in results]
+
+
+def test_fused_and_eager_agree_to_float32_rounding(tiny_scorer):
+    fused = HFScorer(tiny_scorer.model, tiny_scorer.tokenizer, name="t", identity={}, kernels="auto")
+    eager = HFScorer(tiny_scorer.model, tiny_scorer.tokenizer, name="t", identity={}, kernels="eager")
+    assert fused.describe()["kernels"].startswith("fused")
+    assert eager.describe()["kernels"] == "eager (transformers)"
+    assert fused.fingerprint == eager.fingerprint  # same numbers to fp32 rounding: one cache
+    for a, b in zip(fused.score(REQUESTS), eager.score(REQUESTS)):
+        assert a.n_output == b.n_output
+        assert a.sum_logprob == pytest.approx(b.sum_logprob, abs=1e-5)
+
+
+def test_fused_is_refused_where_it_does_not_apply_and_auto_falls_back(tiny_scorer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    gelu = LlamaForCausalLM(LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=4, hidden_act="gelu")).eval()
+    with pytest.raises(ValueError, match="kernels fused: not for this model: activation gelu"):
+        HFScorer(gelu, tiny_scorer.tokenizer, name="t", identity={}, kernels="fused")
+    auto = HFScorer(gelu, tiny_scorer.tokenizer, name="t", identity={}, kernels="auto")
+    assert auto.describe()["kernels"] == "eager (transformers; fused does not apply: activation gelu)"
+    with pytest.raises(ValueError, match="unknown kernels 'fast'"):
+        HFScorer(gelu, tiny_scorer.tokenizer, name="t", identity={}, kernels="fast")
+
+
+def test_kernels_and_gemm_are_checked_spec_options():
+    from ontask.models.spec import ModelSpec
+
+    assert ModelSpec(spec="embedded", kernels="eager", gemm="onednn").options() == {"kernels": "eager", "gemm": "onednn"}
+    with pytest.raises(ValueError, match="kernels"):
+        ModelSpec(spec="embedded", kernels="fast")
