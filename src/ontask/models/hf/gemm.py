@@ -55,7 +55,11 @@ def pick_gemm(choice: str = "auto") -> str:
 
 
 class Linear:
-    """y = x @ W.T + b (+ residual) on `path`, weights prepared once; inputs of any leading shape."""
+    """y = x @ W.T + b (+ residual) on `path`, weights prepared once; inputs of any leading shape.
+
+    With a residual (and no bias) the default path adds into `residual` in place and
+    returns it: the residual stream is the forward's own tensor, and writing it in place
+    saves a copy of it per GEMM."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, path: str) -> None:
         self.path, self.weight, self.bias = path, weight.detach().contiguous(), bias
@@ -73,8 +77,10 @@ class Linear:
                 y = torch.ops.mkldnn._linear_pointwise(x2, self.packed, self.bias, "none", [], "")
                 if r2 is not None:
                     y.add_(r2)
-        elif r2 is not None:  # the add inside the GEMM (beta = 1): one pass over memory fewer
-            y = torch.addmm(r2 if self.bias is None else r2 + self.bias, x2, self.weight.t())
+        elif r2 is not None and self.bias is None:  # accumulate into the residual stream itself (beta = 1)
+            return residual.view(-1, self.out).addmm_(x2, self.weight.t()).view(*lead, self.out)
+        elif r2 is not None:
+            y = torch.addmm(r2 + self.bias, x2, self.weight.t())
         else:
             y = F.linear(x2, self.weight, self.bias)
         return y.view(*lead, self.out)
