@@ -7,12 +7,15 @@ from the `on_result` callback, so a run killed half-way has paid for nothing it 
 for again. Failures are not cached: a rerun retries them (they are usually transient).
 
 It also keeps the per-role bookkeeping run.json reports: calls, cache hits, failures and
-token usage.
+token usage, under a lock (a backend may report answers from a thread of its own).
+`achat`/`achoice_probs` are the same calls for code on an event loop (server models): the
+streaming augment pipeline runs them all on one loop.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
@@ -57,6 +60,7 @@ class CachedGenerator:
         self.inner, self.cache = inner, cache
         self.name = inner.name
         self.stats = CallStats()
+        self._lock = threading.Lock()  # stats and batches, updated from several threads
         self.batches: list[int] = []  # calls sent per chat()/choice_probs() call, in order
 
     @property
@@ -72,6 +76,24 @@ class CachedGenerator:
 
     # -- chat -------------------------------------------------------------------------
     def chat(self, requests: Sequence[ChatRequest], on_result: OnChat | None = None) -> list[ChatOutcome]:
+        batch = self._chat_batch(requests, on_result)
+        return batch.finish(self.inner.chat(batch.todo, on_result=batch.arrived) if batch.todo else [])
+
+    def choice_probs(self, requests: Sequence[ChoiceRequest], on_result: OnChoice | None = None) -> list[ChoiceOutcome]:
+        batch = self._choice_batch(requests, on_result)
+        return batch.finish(self.inner.choice_probs(batch.todo, on_result=batch.arrived) if batch.todo else [])
+
+    async def achat(self, requests: Sequence[ChatRequest], on_result: OnChat | None = None) -> list[ChatOutcome]:
+        """`chat` on an event loop, over the backend's `achat` (server models)."""
+        batch = self._chat_batch(requests, on_result)
+        return batch.finish(await self.inner.achat(batch.todo, on_result=batch.arrived) if batch.todo else [])
+
+    async def achoice_probs(self, requests: Sequence[ChoiceRequest],
+                            on_result: OnChoice | None = None) -> list[ChoiceOutcome]:
+        batch = self._choice_batch(requests, on_result)
+        return batch.finish(await self.inner.achoice_probs(batch.todo, on_result=batch.arrived) if batch.todo else [])
+
+    def _chat_batch(self, requests: Sequence[ChatRequest], on_result: OnChat | None) -> "_Batch":
         keys = [cache_key("chat", self.fingerprint, r.key_parts()) for r in requests]
         by_key = {k: r for k, r in zip(keys, requests)}
 
@@ -88,53 +110,65 @@ class CachedGenerator:
                 return None
             return replace(result, data=data, repaired=repaired)
 
-        return self._run(requests, keys, "chat", self.inner.chat, _chat_to_bytes, decode, on_result)
+        return _Batch(self, requests, keys, "chat", _chat_to_bytes, decode, on_result)
 
-    def choice_probs(self, requests: Sequence[ChoiceRequest], on_result: OnChoice | None = None) -> list[ChoiceOutcome]:
+    def _choice_batch(self, requests: Sequence[ChoiceRequest], on_result: OnChoice | None) -> "_Batch":
         keys = [cache_key("choice", self.fingerprint, r.key_parts()) for r in requests]
-        return self._run(requests, keys, "choice", self.inner.choice_probs, _choice_to_bytes,
-                         lambda key, blob: _choice_from_bytes(blob), on_result)
+        return _Batch(self, requests, keys, "choice", _choice_to_bytes, lambda key, blob: _choice_from_bytes(blob),
+                      on_result)
 
-    def _run(self, requests, keys, kind, call, encode, decode, on_result):
-        self.stats.requests += len(requests)
-        found = self.cache.get_many(keys) if self.cache else {}
-        out: list[Any] = [None] * len(requests)
-        waiting: dict[str, list[int]] = {}  # key -> every index asking for it
+
+class _Batch:
+    """One chat()/choice_probs() call through the cache: looked up, counted and the hits
+    reported on creation; `todo` (each distinct missing request once) goes to the backend,
+    whose answers come back through `arrived` (stored at once) and `finish`."""
+
+    def __init__(self, owner: CachedGenerator, requests, keys, kind, encode, decode, on_result) -> None:
+        self.owner, self.keys, self.kind, self.encode, self.on_result = owner, keys, kind, encode, on_result
+        cache = owner.cache
+        found = cache.get_many(keys) if cache else {}
+        self.out: list[Any] = [None] * len(requests)
+        self.waiting: dict[str, list[int]] = {}  # key -> every index asking for it
         decoded = {key: decode(key, blob) for key, blob in found.items()}
+        hits = []
         for i, key in enumerate(keys):
             if decoded.get(key) is not None:
-                out[i] = decoded[key]
-                self.stats.cached += 1
-                if on_result:
-                    on_result(i, out[i])
+                self.out[i] = decoded[key]
+                hits.append(i)
             else:
-                waiting.setdefault(key, []).append(i)
-        if not waiting:
-            return out
-        todo_keys = list(waiting)
-        todo = [requests[waiting[k][0]] for k in todo_keys]
-        self.stats.sent += len(todo)
-        self.batches.append(len(todo))
+                self.waiting.setdefault(key, []).append(i)
+        self.todo_keys = list(self.waiting)
+        self.todo = [requests[self.waiting[k][0]] for k in self.todo_keys]
+        with owner._lock:
+            owner.stats.requests += len(requests)
+            owner.stats.cached += len(hits)
+            if self.todo:
+                owner.stats.sent += len(self.todo)
+                owner.batches.append(len(self.todo))
+        if on_result:
+            for i in hits:
+                on_result(i, self.out[i])
 
-        def arrived(j: int, outcome: Any) -> None:
-            key = todo_keys[j]
-            self.stats.add_usage(outcome.usage)
-            if isinstance(outcome, GenError):
-                self.stats.failed += 1
-            elif self.cache is not None:
-                self.cache.put_many(kind, [(key, encode(outcome))])
-            for i in waiting[key]:
-                out[i] = outcome
-                if on_result:
-                    on_result(i, outcome)
+    def arrived(self, j: int, outcome: Any) -> None:
+        key, owner = self.todo_keys[j], self.owner
+        failed = isinstance(outcome, GenError)
+        with owner._lock:
+            owner.stats.add_usage(outcome.usage)
+            owner.stats.failed += failed
+        if not failed and owner.cache is not None:
+            owner.cache.put_many(self.kind, [(key, self.encode(outcome))])
+        for i in self.waiting[key]:
+            self.out[i] = outcome
+            if self.on_result:
+                self.on_result(i, outcome)
 
-        results = call(todo, on_result=arrived)
+    def finish(self, results: Sequence[Any]) -> list[Any]:
         for j, outcome in enumerate(results):  # backends that ignore on_result still land here
-            for i in waiting[todo_keys[j]]:
-                if out[i] is None:
-                    arrived(j, outcome)
+            for i in self.waiting[self.todo_keys[j]]:
+                if self.out[i] is None:
+                    self.arrived(j, outcome)
                     break
-        return out
+        return self.out
 
 
 def _chat_to_bytes(r: ChatResult) -> bytes:

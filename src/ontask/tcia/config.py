@@ -34,7 +34,11 @@ class AugmentConfig(RoleModels):
     embedder: str = "embedded"
     base_url: str | None = None
     concurrency: int = Field(64, ge=1, description="the most in-flight requests per server model")
-    rate: RateControl = Field(default_factory=RateControl, description="adaptive concurrency and budgets (openai: models)")
+    # Starts at `concurrency` in flight, not the generic half of it: a run's first wave (every
+    # sampled state's compose) would otherwise go out in two, costing a round trip; a server
+    # that refuses that many still halves it at once (AIMD).
+    rate: RateControl = Field(default_factory=lambda: RateControl(initial=None),
+                              description="adaptive concurrency and budgets (openai: models)")
     # where local models (embedded, hf:, vllm:) run; answers are the same either way
     engine: Literal["local", "ray"] = "local"
     ray_address: str | None = Field(None, description="join this Ray cluster (none: start a local Ray)")
@@ -43,6 +47,9 @@ class AugmentConfig(RoleModels):
     worker_gpus: float | None = Field(None, ge=0, description="ray: GPUs per actor (default 1 when the cluster has GPUs)")
     local_repetition_penalty: float = Field(1.0, ge=1.0, le=2.0, description="embedded/hf: penalty on free-text answers")
     db: Path | None = Field(None, description="constraint database folder (ontask db build)")
+    # Steps 4-6 stream when every role is a server model: each state moves on as its calls
+    # return. False: stage by stage (each stage waits for all its calls). Same files either way.
+    streaming: bool = Field(True, description="server models: each state moves on as its calls return (same output)")
 
     # step 3: search
     hops: int = Field(3, ge=1, le=100)

@@ -1,13 +1,22 @@
-"""`ontask augment`: the six TCIA steps end to end, stage by stage, with a funnel.
+"""`ontask augment`: the six TCIA steps end to end, with a funnel.
 
-Each stage sends all of its calls at once (the backends batch or run them concurrently)
-and every answer lands in the content-addressed cache the moment it arrives, so the
-cache is the resume log: a killed run, started again, replays its answered calls from
-the cache and only pays for the rest. All randomness is seeded by the run seed and the
-content it concerns (the seed state, each state's hash), never by arrival order, so a
-resumed run writes what an uninterrupted one would (exactly so with server models and
-the test suite's checks; a local model on a GPU may differ in the last bits when the
-remaining prompts are batched differently).
+Steps 1 (decompose the seeds) and 3 (search) run first; then steps 4-6 stream (see
+`streaming.py`): every sampled state goes on to its next call (compose, verify, judge
+validity and on-task, pair with inputs, answer with every responder, judge the answers)
+the moment its previous call returns, each server model keeping its own in-flight limit
+over all the overlapping calls. Runs with a local model in any role (in-process or Ray
+engine), or with `streaming: false`, make the calls stage by stage instead, each stage's
+calls at once (the backends batch them). Both ways write the same files: the answers are
+turned into statuses, rows and failure records by the same code (`outcomes.py`), in the
+items' search order, never in arrival order.
+
+Every answer lands in the content-addressed cache the moment it arrives, so the cache is
+the resume log: a killed run, started again, replays its answered calls from the cache
+and only pays for the rest. All randomness is seeded by the run seed and the content it
+concerns (the seed state, each state's hash), never by arrival order, so a resumed run
+writes what an uninterrupted one would (exactly so with server models and the test
+suite's checks; a local model on a GPU may differ in the last bits when the remaining
+prompts are batched differently).
 
 Outputs, all written atomically at the end (a failed run leaves the previous outputs):
 - data.jsonl: one row per kept (instruction, input, response), with judge scores and
@@ -35,22 +44,32 @@ from ..runs import versions
 from .compose import compose_and_verify
 from .config import AugmentConfig
 from .decompose import decompose, states_of
-from .judges import Judged, JudgeSpec, resolve_mode, run_judge
+from .flow import can_stream
+from .judges import Judged, resolve_mode, run_judge
 from .metrics import distances_per_hop, per_hop, ratio_per_hop
+from .outcomes import (
+    ON_TASK,
+    Duplicates,
+    Item,
+    finish_on_task,
+    finish_respond,
+    on_task_context,
+    pairs_of,
+    screen_answer,
+    settle_composed,
+    settle_validity,
+)
 from .prompts import templates_digest
-from .respond import RESPONSE, answer, best_answer, judge_answers
-from .schemas import OnTask
+from .respond import RESPONSE, answer, judge_answers
 from .search import SearchConfig, explore
-from .state import InstructionState, Node
-from .validate import VALIDITY, is_valid, judge_validity, pick_inputs
+from .state import InstructionState
+from .streaming import StreamingSteps
+from .validate import VALIDITY, judge_validity
+
+__all__ = ["ON_TASK", "Item", "Roles", "Seed", "local_loader", "plan_augment", "run_augment"]
 
 Tick = Callable[[int], None]
-StageProgress = Callable[[str, int], Tick]
-
-ON_TASK = JudgeSpec("on_task", OnTask, {
-    "on_task": 'The seed task is "{task_type}": {base_query}. Rate how clearly the instruction below is still '
-               "this task (5: the same task with other requirements, 1: a different task).",
-})
+StageProgress = Callable[[str, int | None], Tick]  # total None: not known up front (streaming)
 
 
 @dataclass(frozen=True)
@@ -60,24 +79,6 @@ class Seed:
     instruction: str
     state: InstructionState | None = None
     source: str = ""
-
-
-@dataclass
-class Item:
-    """One sampled state on its way through steps 4-6."""
-
-    seed_index: int
-    node: Node
-    status: str = "sampled"
-    reason: str | None = None
-    instruction: str | None = None
-    rounds: int = 0
-    validity: Judged | None = None
-    on_task_judge: float | None = None
-    on_task_similarity: float | None = None
-    on_task: bool | None = None
-    pairs: int = 0
-    kept_rows: int = 0
 
 
 def local_loader(cfg: AugmentConfig) -> Callable[[ModelSpec], Generator]:
@@ -157,55 +158,13 @@ def run_augment(seeds: Sequence[Seed], inputs: Sequence[str], cfg: AugmentConfig
     lap("search", s)
     live = [it for it in items if it.status == "sampled"]
 
-    # step 4: compose, verify, refine
+    # steps 4-6: compose, verify, refine; validity; on-task metric; pair, answer, judge, keep the best
     s = time.perf_counter()
-    composed = compose_and_verify(roles["composer"], roles["verifier"], [it.node.state for it in live],
-                                  max_refinements=cfg.max_refinements, max_tokens=cfg.compose_max_tokens,
-                                  tick=stage("compose+verify", len(live)))
-    for it, c in zip(live, composed):
-        it.instruction, it.rounds = c.instruction, c.rounds
-        if c.failure:
-            it.status, it.reason = f"{c.failure[0]}_failed", c.failure[1]
-            failures.append(_failure(c.failure[0], it, c.failure[1], roles["composer" if c.failure[0] == "compose" else "verifier"].name))
-        elif not c.verified:
-            it.status = "unverified"
-            it.reason = f"constraints still missing after {cfg.max_refinements} refinements: " + "; ".join(c.problems)
-        else:
-            it.status = "verified"
-    lap("compose_verify", s)
-    _drop_duplicate_texts(live)
-    verified = [it for it in live if it.status == "verified"]
-
-    # step 5: validity and self-consistency
-    s = time.perf_counter()
-    tick = stage("validate", len(verified))
-    judged = judge_validity(roles["judge"], cfg.judge_mode, [it.instruction for it in verified],
-                            [it.node.state.base_query for it in verified], min_mass=cfg.min_choice_mass)
-    tick(len(verified))
-    for it, j in zip(verified, judged):
-        if isinstance(j, GenError):
-            it.status, it.reason = "validity_failed", j.reason
-            failures.append(_failure("validate", it, j.reason, roles["judge"].name))
-        else:
-            it.validity = j
-            ok = is_valid(j, cfg.min_validity, cfg.min_consistency)
-            it.status = "valid" if ok else "invalid"
-            if not ok:
-                it.reason = (f"validity {j.scores['validity']:.2f} (min {cfg.min_validity}), "
-                             f"consistency {j.scores['consistency']:.2f} (min {cfg.min_consistency})")
-    lap("validate", s)
-
-    # metric: on-task ratio of every written instruction (judge + decomposed task type similarity)
-    s = time.perf_counter()
-    if cfg.on_task:
-        _judge_on_task(verified, seed_states, roles, embedder, cfg, failures, stage)
-    lap("on_task", s)
-
-    # step 5b + 6: pair with inputs, answer, judge, keep the best
-    s = time.perf_counter()
-    valid = [it for it in verified if it.status == "valid"]
-    rows = _respond(valid, inputs, cfg, roles, failures, stage)
-    lap("respond", s)
+    if cfg.streaming and all(can_stream(g.inner) for g in roles.by_role.values()):
+        rows = StreamingSteps(live, seed_states, inputs, cfg, roles, embedder, failures, stage).run()
+        lap("steps_4_6", s)
+    else:
+        rows = _steps_by_stage(live, seed_states, inputs, cfg, roles, embedder, failures, stage, lap)
 
     manifest = _manifest(cfg, seeds, seed_states, items, rows, failures, search_counts, roles, db, embedder, timings, t0)
     _write_outputs(out, items, rows, failures, manifest, inputs, cfg, seed_states)
@@ -269,19 +228,6 @@ def _decompose_seeds(seeds, decomposer, failures, stage) -> dict[int, Instructio
     return dict(sorted(states.items()))
 
 
-def _drop_duplicate_texts(items: list[Item]) -> None:
-    """Two states written as the same text are one instruction: keep the first (BFS order)."""
-    first: dict[str, str] = {}
-    for it in items:
-        if it.status != "verified":
-            continue
-        key = " ".join(it.instruction.split()).casefold()
-        if key in first:
-            it.status, it.reason = "duplicate", f"written as the same text as state {first[key]}"
-        else:
-            first[key] = it.node.state_hash
-
-
 def _search_config(cfg: AugmentConfig, seed_state: InstructionState) -> SearchConfig:
     """The search's RNG seed comes from the run seed and the seed state itself, so adding a
     seed to the file does not change the searches of the others."""
@@ -290,107 +236,69 @@ def _search_config(cfg: AugmentConfig, seed_state: InstructionState) -> SearchCo
                         seed=rng_seed, near_duplicate=cfg.near_duplicate)
 
 
-def _judge_on_task(verified: list[Item], seed_states, roles, embedder, cfg, failures, stage) -> None:
-    if not verified:
-        return
-    tick = stage("on-task", len(verified))
-    contexts = [{"instruction": it.instruction, "task_type": seed_states[it.seed_index].task_type,
-                 "base_query": seed_states[it.seed_index].base_query} for it in verified]
-    judged = run_judge(roles["judge"], ON_TASK, cfg.judge_mode, contexts, [[("instruction", it.instruction)] for it in verified],
-                       min_mass=cfg.min_choice_mass)
-    redecomposed = (decompose(roles["decomposer"], [it.instruction for it in verified]) if cfg.on_task_decompose
-                    else [None] * len(verified))
+def _steps_by_stage(live: list[Item], seed_states, inputs: Sequence[str], cfg: AugmentConfig, roles: Roles,
+                    embedder: Any, failures: list[dict[str, Any]], stage: StageProgress,
+                    lap: Callable[[str, float], None]) -> list[dict[str, Any]]:
+    """Steps 4-6 one stage after another, each stage's calls in one batch per role (local
+    models batch them; `cfg.streaming=False` forces it for server models too)."""
+    # step 4: compose, verify, refine
+    s = time.perf_counter()
+    composed = compose_and_verify(roles["composer"], roles["verifier"], [it.node.state for it in live],
+                                  max_refinements=cfg.max_refinements, max_tokens=cfg.compose_max_tokens,
+                                  tick=stage("compose+verify", len(live)))
+    failures += [f for it, c in zip(live, composed) if (f := settle_composed(it, c, cfg, roles))]
+    lap("compose_verify", s)
+    duplicates = Duplicates()
+    for it in live:
+        duplicates.check(it)
+    verified = [it for it in live if it.status == "verified"]
+
+    # step 5: validity and self-consistency
+    s = time.perf_counter()
+    tick = stage("validate", len(verified))
+    judged = judge_validity(roles["judge"], cfg.judge_mode, [it.instruction for it in verified],
+                            [it.node.state.base_query for it in verified], min_mass=cfg.min_choice_mass)
     tick(len(verified))
-    types = [seed_states[it.seed_index].task_type for it in verified]
-    new_types = [None if d is None or isinstance(d, GenError) else d["tasks"][0]["task_type"] for d in redecomposed]
-    texts = list(dict.fromkeys(types + [t for t in new_types if t]))
-    vec = dict(zip(texts, embedder.embed(texts))) if texts else {}
-    for it, j, d, t, nt in zip(verified, judged, redecomposed, types, new_types):
-        if isinstance(j, GenError):
-            failures.append(_failure("on_task_judge", it, j.reason, roles["judge"].name))
-        else:
-            it.on_task_judge = j.scores["on_task"]
-        if isinstance(d, GenError):
-            failures.append(_failure("on_task_decompose", it, d.reason, roles["decomposer"].name))
-        elif d is not None:
-            it.on_task_similarity = float(vec[t] @ vec[nt])
-        if it.on_task_judge is not None and (it.on_task_similarity is not None or not cfg.on_task_decompose):
-            it.on_task = it.on_task_judge >= cfg.on_task_min_judge and (
-                not cfg.on_task_decompose or it.on_task_similarity >= cfg.on_task_min_similarity)
+    failures += [f for it, j in zip(verified, judged) if (f := settle_validity(it, j, cfg, roles))]
+    lap("validate", s)
 
+    # metric: on-task ratio of every written instruction (judge + decomposed task type similarity)
+    s = time.perf_counter()
+    if cfg.on_task and verified:
+        tick = stage("on-task", len(verified))
+        contexts = [on_task_context(it, seed_states) for it in verified]
+        on_task = run_judge(roles["judge"], ON_TASK, cfg.judge_mode, [c for c, _ in contexts],
+                            [m for _, m in contexts], min_mass=cfg.min_choice_mass)
+        redecomposed = (decompose(roles["decomposer"], [it.instruction for it in verified]) if cfg.on_task_decompose
+                        else [None] * len(verified))
+        tick(len(verified))
+        finish_on_task(verified, on_task, redecomposed, seed_states, embedder, cfg, roles, failures)
+    lap("on_task", s)
 
-def _respond(valid: list[Item], inputs: Sequence[str], cfg: AugmentConfig, roles: Roles, failures, stage) -> list[dict[str, Any]]:
-    pairs: list[tuple[Item, int]] = []
-    for it in valid:
-        chosen = pick_inputs(it.node.state_hash, len(inputs), cfg.inputs_per_instruction, cfg.seed)
-        it.pairs = len(chosen)
-        pairs += [(it, j) for j in chosen]
+    # step 5b + 6: pair with inputs, answer, judge, keep the best
+    s = time.perf_counter()
+    pairs = pairs_of([it for it in verified if it.status == "valid"], len(inputs), cfg)
     texts = [(it.instruction, inputs[j]) for it, j in pairs]
-    responders = [(i, roles[f"responder_{i}"]) for i in range(len(cfg.responders))]
+    responders = range(len(cfg.responders))
     tick = stage("respond", len(pairs) * len(responders))
     # each responder its own seed: one model listed twice at temperature > 0 gives two samples
-    answers = {i: answer(g, texts, max_tokens=cfg.response_max_tokens, temperature=cfg.response_temperature,
-                         seed=cfg.seed * 1_000 + i, tick=tick) for i, g in responders}
-    from ..checks.verify import check_constraints  # the checker library loads only for augment
-
-    # judge every answer that exists and passes the code checks of its constraints, in one batch
-    todo: list[tuple[int, int]] = []  # (pair index, responder index)
-    checks: dict[tuple[int, int], list[bool | None]] = {}
-    checked_out: set[int] = set()  # pairs with an answer that a code check rejected
-    for p, (it, j) in enumerate(pairs):
-        for i, g in responders:
-            r = answers[i][p]
-            if isinstance(r, GenError):
-                failures.append(_failure("respond", it, r.reason, g.name, input_index=j))
-            elif r.truncated:  # half an answer is not a training row
-                failures.append(_failure("respond", it, f"the answer was cut off at max_tokens={cfg.response_max_tokens}",
-                                         g.name, input_index=j))
-            elif cfg.check and it.node.state.constraints:
-                results = check_constraints([c.text for c in it.node.state.constraints], r.text, it.instruction)
-                checks[(p, i)] = [c.passed for c in results]
-                broken = [c for c in results if c.passed is False]
-                if broken:  # code can tell: no need to ask the judge
-                    checked_out.add(p)
-                    failures.append(_failure("check", it, "; ".join(f"violates '{c.constraint}' ({c.reason})" for c in broken),
-                                             g.name, input_index=j))
-                else:
-                    todo.append((p, i))
-            else:
-                todo.append((p, i))
+    answers = {(p, i): r for i in responders
+               for p, r in enumerate(answer(roles[f"responder_{i}"], texts, max_tokens=cfg.response_max_tokens,
+                                            temperature=cfg.response_temperature, seed=cfg.seed * 1_000 + i, tick=tick))}
+    screened = {(p, i): screen_answer(it, j, answers[(p, i)], roles[f"responder_{i}"].name, cfg)
+                for p, (it, j) in enumerate(pairs) for i in responders}
+    todo = [key for key, sc in screened.items() if sc.to_judge]  # (pair, responder) order
     tick = stage("judge answers", len(todo))
     verdicts = judge_answers(roles["judge"], cfg.judge_mode,
-                             [(texts[p][0], texts[p][1], answers[i][p].text) for p, i in todo], min_mass=cfg.min_choice_mass)
+                             [(texts[p][0], texts[p][1], answers[(p, i)].text) for p, i in todo],
+                             min_mass=cfg.min_choice_mass)
     tick(len(todo))
-    by_pair: dict[int, list[tuple[int, Judged]]] = {}
-    for (p, i), v in zip(todo, verdicts):
-        if isinstance(v, GenError):
-            it, j = pairs[p]
-            failures.append(_failure("judge_answer", it, v.reason, roles["judge"].name, input_index=j, responder=roles[f"responder_{i}"].name))
-        else:
-            by_pair.setdefault(p, []).append((i, v))
-    rows = []
-    for p, (it, j) in enumerate(pairs):
-        best = best_answer(by_pair.get(p, []))
-        if best is None:
-            status = "check_failed" if p in checked_out and not by_pair.get(p) else "unanswered"
-            rows.append({"_pair": p, "_status": status, "_item": it, "input_index": j})
-            continue
-        i, v = best
-        status = "kept" if cfg.min_response_score is None or v.mean >= cfg.min_response_score else "below_floor"
-        rows.append({"_pair": p, "_status": status, "_item": it, "input_index": j, "responder": i, "judged": v,
-                     "response": answers[i][p].text, "candidates": [(k, w.mean) for k, w in by_pair[p]],
-                     "checks": checks.get((p, i))})
-        if status == "kept":
-            it.kept_rows += 1
+    rows = finish_respond(pairs, answers, screened, dict(zip(todo, verdicts)), cfg, roles, failures)
+    lap("respond", s)
     return rows
 
 
 # -- outputs -----------------------------------------------------------------------------
-def _failure(stage: str, it: Item, reason: str, model: str, **extra: Any) -> dict[str, Any]:
-    return {"stage": stage, "seed": it.seed_index, "state_hash": it.node.state_hash, "hop": it.node.hop,
-            "model": model, **extra, "reason": reason}
-
-
 def _data_row(row: dict[str, Any], inputs: Sequence[str], cfg: AugmentConfig, seed_states) -> dict[str, Any]:
     it: Item = row["_item"]
     v: Judged = row["judged"]

@@ -22,6 +22,11 @@ Why this shape:
 - `chat`/`choice_probs` are synchronous (the pipeline is), run their own event loop (in
   a helper thread when called from inside a running loop, as `ServerScorer` does) and
   fire `on_result` from that loop the moment each outcome is final.
+- `achat`/`achoice_probs` are the same calls for code already on an event loop; inside
+  `async with gen.shared()` every such call on that loop shares one HTTP session and one
+  rate controller, so together they keep at most `concurrency` requests in flight, as one
+  call does (the streaming augment pipeline overlaps its steps this way, all on one loop:
+  no thread hops between an answer and the request it unlocks).
 
 The API key is never part of the identity, `describe()`, logs or error reasons.
 """
@@ -29,12 +34,13 @@ The API key is never part of the identity, `describe()`, logs or error reasons.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Literal, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Literal, Sequence
 
 import aiohttp
 from pydantic import BaseModel
@@ -113,6 +119,7 @@ class OpenAIChatGenerator:
         self._identity = {"backend": "openai-chat", "server_model": model,
                           "base_url": public_url(self.base_url), "structured": structured}
         self._fingerprint = fingerprint_of(self._identity)
+        self._shared: _Call | None = None  # open while `async with shared()`, on that loop
 
     # -- identity -----------------------------------------------------------------------
     @property
@@ -141,19 +148,46 @@ class OpenAIChatGenerator:
     def choice_probs(self, requests: Sequence[ChoiceRequest], on_result: OnChoice | None = None) -> list[ChoiceOutcome]:
         return self._run_sync(list(requests), self._choice_one, on_result)
 
+    async def achat(self, requests: Sequence[ChatRequest], on_result: OnChat | None = None) -> list[ChatOutcome]:
+        """`chat` for a caller on an event loop (shares the session of an open `shared()`)."""
+        return await self._run_all(list(requests), self._chat_one, on_result, self._shared)
+
+    async def achoice_probs(self, requests: Sequence[ChoiceRequest],
+                            on_result: OnChoice | None = None) -> list[ChoiceOutcome]:
+        return await self._run_all(list(requests), self._choice_one, on_result, self._shared)
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        """While open, every `achat()`/`achoice_probs()` on this event loop shares one HTTP
+        session and one rate controller: one in-flight limit for the model, however many
+        calls overlap. Without it each call has its own controller, so overlapping calls
+        would each be allowed `concurrency`. Open it once per generator."""
+        if self._shared is not None:
+            raise RuntimeError(f"{self.name}: shared() is already open")
+        self._shared = self._new_call()  # the session belongs to the loop that made it: this one
+        try:
+            yield
+        finally:
+            call, self._shared = self._shared, None
+            await call.client.close()
+
     # -- driving ------------------------------------------------------------------------
     def _run_sync(self, requests: list[Any], one: Callable[..., Awaitable[Any]], on_result: Callable[[int, Any], None] | None) -> list[Any]:
         if not requests:
             return []
         return run_sync(lambda: self._run_all(requests, one, on_result))
 
-    async def _run_all(self, requests: list[Any], one: Callable[..., Awaitable[Any]],
-                       on_result: Callable[[int, Any], None] | None) -> list[Any]:
-        # One session per call: an aiohttp session belongs to the event loop that made it.
+    def _new_call(self) -> "_Call":
         # A connection per slot, so no admitted request waits for a connection.
-        client = session(self._api_key, self.concurrency)
-        call = _Call(client, f"{self.base_url.rstrip('/')}/chat/completions",
+        return _Call(session(self._api_key, self.concurrency), f"{self.base_url.rstrip('/')}/chat/completions",
                      RateController(self.rate, self.concurrency, self.rate_state))
+
+    async def _run_all(self, requests: list[Any], one: Callable[..., Awaitable[Any]],
+                       on_result: Callable[[int, Any], None] | None, shared: "_Call | None" = None) -> list[Any]:
+        # One session per call unless shared(): an aiohttp session belongs to the event loop that made it.
+        if not requests:
+            return []
+        call = shared or self._new_call()
         results: list[Any] = [None] * len(requests)
         pending = iter(range(len(requests)))
 
@@ -172,7 +206,8 @@ class OpenAIChatGenerator:
         except ExceptionGroup as eg:  # only on_result can raise here: surface its own error
             raise eg.exceptions[0] from None
         finally:
-            await client.close()
+            if shared is None:
+                await call.client.close()
         return results
 
     async def _guarded(self, one: Callable[..., Awaitable[Any]], call: "_Call", req: Any) -> Any:

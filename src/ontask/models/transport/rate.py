@@ -20,7 +20,8 @@ The controller is AIMD, as TCP congestion control is:
 - **additive increase**: every success adds `increase / limit`, i.e. about +`increase`
   per round trip of a full window;
 - **slow start**: below `threshold` every success adds 1 (the limit doubles per round
-  trip). A run starts in slow start from `initial` up to the configured maximum. A
+  trip). A run starts in slow start from `initial` (None: the configured maximum itself)
+  up to the configured maximum. A
   rejected request tells where the server's limit is: it was sent with N requests in
   flight, so the server holds fewer than N. The threshold goes just under that, so after
   halving the limit climbs straight back there and only then probes above it. A limit
@@ -59,7 +60,8 @@ class RateControl(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     adaptive: bool = Field(True, description="AIMD on 429/503; off: a fixed number in flight")
-    initial: int = Field(32, ge=1, description="in-flight limit at the start (slow start from here to the maximum)")
+    initial: int | None = Field(32, ge=1, description="in-flight limit at the start (slow start from here to the "
+                                                      "maximum); none: start at the maximum")
     minimum: int = Field(1, ge=1)
     increase: float = Field(1.0, gt=0, description="additive increase per round trip of a full window")
     decrease: float = Field(0.5, gt=0, lt=1, description="multiplicative decrease on a rejection")
@@ -89,7 +91,7 @@ class RateState:
 
 
 def new_state(control: RateControl, maximum: int) -> RateState:
-    start = float(min(control.initial, maximum)) if control.adaptive else float(maximum)
+    start = float(min(control.initial or maximum, maximum)) if control.adaptive else float(maximum)
     return RateState(limit=start, threshold=float(maximum))
 
 
