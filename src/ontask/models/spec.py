@@ -39,6 +39,8 @@ class ModelSpec(BaseModel):
     timeout: float | None = Field(None, gt=0, description="seconds per HTTP request")
     max_retries: int | None = Field(None, ge=0, description="retries of a failed request")
     structured: Literal["auto", "response_format", "prompt"] | None = Field(None, description="how JSON schemas are sent")
+    batch: bool | None = Field(None, description="chat: through the provider's batch API (about half the price, "
+                                                 "answered within hours; resumable)")
     # local (embedded, hf:, vllm:)
     device: str | None = Field(None, description=DEVICES_HELP)
     dtype: Literal["auto", "fp32", "bf16", "fp16"] | None = None

@@ -254,8 +254,9 @@ class _Gate:
 def can_stream(backend: Any) -> bool:
     """Whether a backend can be called on an event loop, sharing its in-flight limit across
     overlapping calls (server models); local models answer one batch at a time and stay
-    stage by stage."""
-    return callable(getattr(backend, "achat", None)) and callable(getattr(backend, "shared", None))
+    stage by stage, and so do roles sent through a provider's batch API."""
+    return (callable(getattr(backend, "achat", None)) and callable(getattr(backend, "shared", None))
+            and not getattr(backend, "batch", False))  # a batch role's unit is the stage's batch
 
 
 @contextlib.asynccontextmanager

@@ -45,6 +45,8 @@ from typing import Any, Callable, Sequence
 
 from aiohttp import web
 
+from .fake_batches import BatchAPI
+
 ChatHandler = Callable[[dict[str, Any]], "str | None"]
 
 _WORD = re.compile(r"\w+")
@@ -101,6 +103,10 @@ class FakeServer:
         seed: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
+        batch_delay: float = 0.0,
+        batch_fail_rate: float = 0.0,
+        batch_fail_once: bool = False,
+        batch_expire: int = 0,
     ) -> None:
         self.tokenizer: Any = None
         self.model: Any = None
@@ -141,6 +147,9 @@ class FakeServer:
         self._in_flight = 0
         self.max_in_flight = 0
         self.base_url = ""
+        # OpenAI's Files and Batches APIs (fake_batches.py): lines answered as online requests are
+        self.batches = BatchAPI(self._answer_line, delay=batch_delay, fail_rate=batch_fail_rate,
+                                fail_once=batch_fail_once, expire=batch_expire)
 
     # -- request log --------------------------------------------------------------------
     @property
@@ -210,7 +219,37 @@ class FakeServer:
         app.router.add_post("/tokenize", self._serve(self._tokenize))
         app.router.add_post("/detokenize", self._serve(self._detokenize))
         app.router.add_post("/apply-template", self._serve(self._apply_template))
+        self.batches.routes(app, self._serve_batch_api)
         return app
+
+    def _serve_batch_api(self, handler: Callable[[web.Request], Any]) -> Callable[[web.Request], Any]:
+        """A Files/Batches endpoint, logged like the others; its log `body` says what it did
+        (the custom_ids a batch file holds, the batch created or polled)."""
+        async def handle(request: web.Request) -> web.Response:
+            entry = self._received(request.path, None)
+            reply: _Reply | None = None
+            try:
+                status, payload, entry["body"] = await handler(request)
+                reply = _Reply(status, payload)
+                if isinstance(payload, bytes):
+                    return web.Response(body=payload, status=status, content_type="application/octet-stream")
+                return _to_response(reply)
+            finally:
+                self._answered(entry, reply)
+
+        return handle
+
+    def _answer_line(self, endpoint: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """One request of a batch, answered as the online endpoint answers it (no faults, no latency)."""
+        if body.get("model") not in self.model_names:
+            reply = _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
+        elif endpoint == "/v1/chat/completions":
+            reply = self._chat(body)
+        elif endpoint == "/v1/completions" and self.model is not None:
+            reply = self._completions(body)
+        else:
+            reply = _error(400, f"endpoint {endpoint} is not served here")
+        return reply.status, reply.payload
 
     # -- the request path: log, latency, faults, answer ---------------------------------
     def _serve(self, answer: Callable[[dict[str, Any]], _Reply]) -> Callable[[web.Request], Any]:
@@ -707,6 +746,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--max-concurrent", type=int, default=None, help="answer 429 to requests above this many in flight")
     ap.add_argument("--reject-response-format", action="store_true")
     ap.add_argument("--log", default=None, help="append a JSONL line per answered request")
+    ap.add_argument("--batch-delay", type=float, default=0.0, help="seconds from a batch's creation to its end")
+    ap.add_argument("--batch-fail-rate", type=float, default=0.0, help="requests failing inside a batch")
+    ap.add_argument("--batch-expire", type=int, default=0, help="the first N batches created expire half done")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     stop = threading.Event()
@@ -719,7 +761,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     fail_rate_timeout=args.fail_rate_timeout, retry_after=args.retry_after,
                     timeout_delay=args.timeout_delay, max_concurrent=args.max_concurrent,
                     reject_response_format=args.reject_response_format,
-                    log_path=args.log, seed=args.seed, host=args.host, port=args.port) as srv:
+                    log_path=args.log, seed=args.seed, host=args.host, port=args.port,
+                    batch_delay=args.batch_delay, batch_fail_rate=args.batch_fail_rate,
+                    batch_expire=args.batch_expire) as srv:
         print(srv.base_url, flush=True)
         while not stop.wait(1.0):
             pass

@@ -12,7 +12,7 @@ from typing import Any
 from ..spec import ModelSpec, take
 
 REMOTE_OPTIONS = frozenset({"base_url", "api_key_env", "template", "mode", "concurrency", "timeout", "max_retries",
-                            "structured", "max_length"})
+                            "structured", "max_length", "batch"})
 
 
 class OpenAIProvider:
@@ -24,6 +24,8 @@ class OpenAIProvider:
 
         if spec.structured is not None:
             raise ValueError(f"{spec.spec}: option structured is for chat roles, not the scorer")
+        if spec.batch:
+            raise ValueError(f"{spec.spec}: option batch is for chat roles; scoring through a batch API is not built yet")
         kw = take(spec, settings, "base_url", "template", "concurrency", "mode", "max_length", "timeout", "max_retries",
                   "tokenizer", "retry", "rate")
         return load_server_scorer(spec.target, api_key=api_key(spec), **kw)
@@ -35,7 +37,8 @@ class OpenAIProvider:
             if getattr(spec, scoring_only) is not None:
                 raise ValueError(f"{spec.spec}: option {scoring_only} is for scoring through a server, not for chat "
                                  "(the server applies its own template to chat)")
-        kw = take(spec, settings, "base_url", "concurrency", "timeout", "structured", "max_reasks", "retry", "rate")
+        kw = take(spec, settings, "base_url", "concurrency", "timeout", "structured", "max_reasks", "retry", "rate",
+                  "batch")
         if spec.max_retries is not None:
             kw["retry"] = {**_as_dict(kw.get("retry")), "max_attempts": spec.max_retries + 1}
         return load_openai_generator(spec.target, api_key=api_key(spec), **kw)

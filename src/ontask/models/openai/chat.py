@@ -36,16 +36,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Literal, Sequence
 
 import aiohttp
 from pydantic import BaseModel
 
+from ...paths import user_cache_dir
 from ..transport.endpoint import public_url, resolve_api_key, resolve_base_url, run_sync, scrub_key
+from .batch import BatchClient, BatchLog, BatchSettings, run_batches
 from ..base import (
     ChatOutcome,
     ChatRequest,
@@ -99,6 +104,9 @@ class OpenAIChatGenerator:
         rate: RateControl | dict[str, Any] | None = None,
         structured: StructuredMode = "auto",
         max_reasks: int = 2,
+        batch: bool = False,
+        batch_settings: Any = None,
+        batch_log: str | os.PathLike | None = None,
     ) -> None:
         if structured not in STRUCTURED_MODES:
             raise ValueError(f"unknown structured mode '{structured}': use one of {', '.join(STRUCTURED_MODES)}")
@@ -120,6 +128,13 @@ class OpenAIChatGenerator:
                           "base_url": public_url(self.base_url), "structured": structured}
         self._fingerprint = fingerprint_of(self._identity)
         self._shared: _Call | None = None  # open while `async with shared()`, on that loop
+        # Batch mode: the same requests, answers and re-asks, sent through the provider's
+        # batch API (batch.py) instead of one request each; the answers are the same, so the
+        # fingerprint (and the cache) is too. The log of batches lives beside the result cache.
+        self.batch = bool(batch)
+        self.batch_settings = batch_settings if isinstance(batch_settings, BatchSettings) \
+            else BatchSettings(**(batch_settings or {}))
+        self.batch_log = Path(batch_log) if batch_log else user_cache_dir() / "batches" / f"{self._fingerprint}.jsonl"
 
     # -- identity -----------------------------------------------------------------------
     @property
@@ -139,7 +154,8 @@ class OpenAIChatGenerator:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "fingerprint": self._fingerprint, **self._identity,
                 "schema_in": self._schema_in, "concurrency": self.concurrency, "timeout": self.timeout,
-                "retry": self.retry.model_dump(), "rate": self.rate.model_dump(), "max_reasks": self.max_reasks}
+                "retry": self.retry.model_dump(), "rate": self.rate.model_dump(), "max_reasks": self.max_reasks,
+                **({"batch": {"log": str(self.batch_log), **self.batch_settings.model_dump()}} if self.batch else {})}
 
     # -- public calls -------------------------------------------------------------------
     def chat(self, requests: Sequence[ChatRequest], on_result: OnChat | None = None) -> list[ChatOutcome]:
@@ -180,7 +196,8 @@ class OpenAIChatGenerator:
     def _new_call(self) -> "_Call":
         # A connection per slot, so no admitted request waits for a connection.
         return _Call(session(self._api_key, self.concurrency), f"{self.base_url.rstrip('/')}/chat/completions",
-                     RateController(self.rate, self.concurrency, self.rate_state))
+                     RateController(self.rate, self.concurrency, self.rate_state),
+                     _Batcher(self) if self.batch else None)
 
     async def _run_all(self, requests: list[Any], one: Callable[..., Awaitable[Any]],
                        on_result: Callable[[int, Any], None] | None, shared: "_Call | None" = None) -> list[Any]:
@@ -198,10 +215,12 @@ class OpenAIChatGenerator:
                 if on_result is not None:
                     on_result(i, outcome)
 
-        # Twice as many workers as slots, so requests waiting out a backoff leave no slot idle.
+        # Twice as many workers as slots, so requests waiting out a backoff leave no slot idle;
+        # in batch mode every request at once: the batch, not the connection, is the unit.
+        workers = len(requests) if self.batch else min(len(requests), 2 * self.concurrency)
         try:
             async with asyncio.TaskGroup() as group:
-                for _ in range(min(len(requests), 2 * self.concurrency)):
+                for _ in range(workers):
                     group.create_task(worker())
         except ExceptionGroup as eg:  # only on_result can raise here: surface its own error
             raise eg.exceptions[0] from None
@@ -337,6 +356,9 @@ class OpenAIChatGenerator:
             raise
 
     async def _attempt(self, call: "_Call", body: dict[str, Any], tally: "_Tally") -> "_Reply":
+        if call.batcher is not None:
+            tally.attempts += 1
+            return _parse_reply(await call.batcher.send(body), tally)
         ticket = await call.rate.acquire(estimate_tokens(body) if call.rate.counts_tokens else 0.0)
         outcome, used, retry_after = "failed", None, None
         try:
@@ -386,11 +408,57 @@ def load_openai_generator(model: str, **opts: Any) -> OpenAIChatGenerator:
 # -- per-call state -----------------------------------------------------------------------------
 @dataclass(slots=True)
 class _Call:
-    """What one chat()/choice_probs() call shares: the HTTP session, the URL, the rate controller."""
+    """What one chat()/choice_probs() call shares: the HTTP session, the URL, the rate controller
+    (and in batch mode the batcher that collects its requests)."""
 
     client: aiohttp.ClientSession
     url: str
     rate: RateController
+    batcher: "_Batcher | None" = None
+
+
+class _Batcher:
+    """Collects the bodies a call's requests send in one moment (every request at the start,
+    every re-ask after a batch returns) and sends them as one provider batch (`run_batches`,
+    which records it, polls it, and resends what failed for a passing reason). Equal bodies
+    go once. A request that fails inside the batch for good raises the provider's reason."""
+
+    GATHER_S = 0.05  # the requests of one moment arrive within a few turns of the loop
+
+    def __init__(self, gen: "OpenAIChatGenerator") -> None:
+        self.gen = gen
+        self.pending: dict[str, tuple[dict[str, Any], list[asyncio.Future]]] = {}
+        self.flushing: asyncio.Task | None = None
+
+    async def send(self, body: dict[str, Any]) -> bytes:
+        cid = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:40]
+        future = asyncio.get_running_loop().create_future()
+        self.pending.setdefault(cid, (body, []))[1].append(future)
+        if self.flushing is None:
+            self.flushing = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(self.GATHER_S)
+        batch, self.pending, self.flushing = self.pending, {}, None
+        gen = self.gen
+        try:
+            out = await run_batches(BatchClient(gen.base_url, gen._api_key, timeout=gen.timeout, retry=gen.retry),
+                                    "/v1/chat/completions", {cid: body for cid, (body, _) in batch.items()},
+                                    BatchLog(gen.batch_log), gen.batch_settings)
+        except Exception as exc:  # the batch API itself failed: every request of the moment says why
+            for _, futures in batch.values():
+                for f in futures:
+                    f.set_exception(_Failure(gen._scrub(f"batch API: {exc}")))
+            return
+        for cid, (_, futures) in batch.items():
+            for f in futures:
+                if cid in out.results:
+                    f.set_result(json.dumps(out.results[cid]).encode())
+                else:
+                    reason = out.failures.get(cid, "no answer in the batch's output")
+                    status = int(reason.split(":", 1)[0]) if reason.split(":", 1)[0].isdigit() else None
+                    f.set_exception(_Failure(gen._scrub(f"batch: {reason}"), status))
 
 
 @dataclass(slots=True)
