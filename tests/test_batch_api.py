@@ -231,3 +231,102 @@ def test_augment_with_every_server_role_in_batch_mode_writes_what_online_mode_wr
         assert (tmp_path / "batch" / "run" / name).read_bytes() == (tmp_path / "online" / "run" / name).read_bytes(), name
     assert batch_run["funnel"] == online_run["funnel"] and online_run["funnel"]["kept"] > 0
     assert batch_run["models"]["judge"]["batch"]["log"].endswith(".jsonl")
+
+
+def test_vllm_offline_runner_through_a_folder(tmp_path):
+    """`base_url: file:///folder`: ontask writes the input file vLLM's run_batch reads, waits
+    while the output is partial (vLLM streams lines), and reads answers and errors from it."""
+    from ontask.models.openai.batch import FolderBatches
+    from ontask.testing.fake_server import chat_completion
+
+    folder = tmp_path / "vllm"
+    reqs = chat_requests(3)
+    log = BatchLog(tmp_path / "b.jsonl")
+
+    def vllm_line(request: dict, n: int) -> dict:
+        if n == 2:  # an error as run_batch writes it
+            return {"id": f"vllm-{n}", "custom_id": request["custom_id"],
+                    "response": {"status_code": 400, "request_id": f"vllm-batch-{n}", "body": None},
+                    "error": "prompt is too long"}
+        body = chat_completion(request["body"], f"answer {n}", "tiny")
+        return {"id": f"vllm-{n}", "custom_id": request["custom_id"],
+                "response": {"status_code": 200, "request_id": f"vllm-batch-{n}", "body": body}, "error": None}
+
+    async def go():
+        task = asyncio.create_task(run_batches(FolderBatches(folder), ENDPOINT, reqs, log, FAST))
+        while not list(folder.glob("batch-*.input.jsonl")):
+            await asyncio.sleep(0.02)
+        src = next(folder.glob("batch-*.input.jsonl"))
+        lines = [json.loads(x) for x in src.read_text().splitlines()]
+        assert [x["custom_id"] for x in lines] == list(reqs) and {x["url"] for x in lines} == {ENDPOINT}
+        rows = [vllm_line(x, n) for n, x in enumerate(lines)]
+        out = src.with_name(src.name.replace(".input.", ".output."))
+        out.write_text(json.dumps(rows[0]) + "\n")  # the runner is still going
+        await asyncio.sleep(0.4)
+        assert not task.done()
+        out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return await task
+
+    out = asyncio.run(go())
+    assert out.results["req-0"]["choices"][0]["message"]["content"] == "answer 0"
+    assert set(out.results) == {"req-0", "req-1"}
+    assert out.failures["req-2"].startswith("400: prompt is too long (batch batch-")
+
+
+def test_augment_batch_killed_while_pending_resumes_without_creating_a_batch_twice(tmp_path, db):
+    """`ontask augment --batch` in its own process, SIGKILLed once its first batch exists;
+    the rerun polls that batch instead of creating it again, sends no answered request
+    again, completes; `ontask batches RUN` lists the run's batches, all completed."""
+    from collections import Counter
+
+    from typer.testing import CliRunner
+
+    from ontask.cli.main import app
+    from test_augment import _augment_cmd, read_jsonl
+
+    db_dir = tmp_path / "db"
+    db.save(db_dir)
+    env = {**os.environ, "ONTASK_CACHE_DIR": str(tmp_path / "usercache")}
+    log = tmp_path / "server.log"
+    server = subprocess.Popen([sys.executable, "-m", "ontask.testing.fake_server", "--chat-handler", "tcia",
+                               "--batch-delay", "0.5", "--log", str(log)], stdout=subprocess.PIPE, text=True)
+    try:
+        url = server.stdout.readline().strip()
+        run_dir = tmp_path / "run"
+        cmd = [*_augment_cmd(run_dir, tmp_path / "run.sqlite", db_dir, url), "--batch"]
+        victim = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        batches = run_dir / "batches.jsonl"
+        deadline = time.time() + 120
+        while time.time() < deadline and not (batches.exists() and '"created"' in batches.read_text()):
+            time.sleep(0.02)
+        victim.kill()
+        victim.wait(30)
+        assert not (run_dir / "data.jsonl").exists()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        server.kill()
+    entries = read_jsonl(log)
+    created = [e["body"]["custom_ids"] for e in entries if e["path"] == "/v1/batches" and e["status"] == 200]
+    sent = Counter(cid for ids in created for cid in ids)
+    assert created and max(sent.values()) == 1  # no request in two batches: nothing created twice or re-sent
+    assert not [e for e in entries if e["path"] == "/v1/chat/completions"]  # every call went as a batch
+    assert len(read_jsonl(run_dir / "data.jsonl")) > 0
+    listed = CliRunner().invoke(app, ["batches", str(run_dir)], env={"COLUMNS": "250"})  # no cell wraps
+    assert listed.exit_code == 0, listed.output
+    ids = [r["batch_id"] for r in map(json.loads, (run_dir / "batches.jsonl").read_text().splitlines())
+           if r["event"] == "created"]
+    assert len(ids) == len(created)
+    for batch_id in ids:
+        assert batch_id in listed.output
+    assert listed.output.count("completed") == len(ids)
+
+
+def test_batch_prices_are_the_discounted_share_of_the_online_ones():
+    from ontask.models.spec import ModelSpec
+
+    online = ModelSpec(spec="openai:x", input_price=2.0, output_price=4.0)
+    assert online.cost(1_000_000, 1_000_000) == 6.0
+    assert online.model_copy(update={"batch": True}).cost(1_000_000, 1_000_000) == 3.0  # the default half
+    assert ModelSpec(spec="openai:x", input_price=2.0, output_price=4.0, batch=True,
+                     batch_price_factor=0.4).cost(1_000_000, 1_000_000) == pytest.approx(2.4)

@@ -218,3 +218,22 @@ def test_a_concurrency_limited_server_is_found_by_rate_control(tiny_dir, hf):
         if adaptive:
             assert scorer.rate_state.decreases >= 1 and scorer.rate_state.limit <= 10
     assert refused[True] * 4 < refused[False], refused
+
+
+@pytest.mark.parametrize("mode", ["echo", "prompt_logprobs"])
+def test_batch_mode_gives_the_online_scores(server, tiny_dir, mode, tmp_path):
+    """`batch: true`: every pass's completions request goes as one line of a provider batch
+    (no online completions request), and each pass's score equals the online one exactly."""
+    online = load_server_scorer("tiny", base_url=server.base_url, template=f"hf:{tiny_dir}", mode=mode)
+    batch = load_server_scorer("tiny", base_url=server.base_url, template=f"hf:{tiny_dir}", mode=mode, batch=True,
+                               batch_log=tmp_path / "batches.jsonl", batch_settings={"poll_initial": 0.05})
+    assert batch.fingerprint == online.fingerprint  # the same answers: one cache
+    want = online.score(REQUESTS)
+    before, batches_before = server.count(), server.count("/v1/batches")
+    got = batch.score(REQUESTS)
+    assert server.count() == before  # nothing went online
+    assert server.count("/v1/batches") - batches_before == 1
+    assert [type(g) for g in got] == [type(w) for w in want]
+    for g, w in zip(got, want):
+        if isinstance(w, PassResult):
+            assert (g.sum_logprob, g.n_output, g.n_prompt) == (w.sum_logprob, w.n_output, w.n_prompt)

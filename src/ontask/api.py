@@ -319,3 +319,38 @@ def _spec(value: ModelSpec | str | None) -> ModelSpec:
     from .models import parse_spec
 
     return parse_spec(value or "embedded")
+
+
+def run_batches_of(run_dir: str | os.PathLike, *, refresh: bool = False, cancel: str | None = None,
+                   api_key: str | None = None) -> list[dict[str, Any]]:
+    """The provider batches a run recorded (`RUN_DIR/batches.jsonl`), each with its last known
+    state; `refresh` asks each provider for the current state, `cancel` (a batch id or "all")
+    cancels batches that have not ended. The key comes from `api_key` or the environment."""
+    from .models.openai.batch import TERMINAL, BatchLog, batch_client
+    from .models.transport.endpoint import resolve_api_key, run_sync
+
+    path = Path(run_dir) / "batches.jsonl" if Path(run_dir).is_dir() else Path(run_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no batch log (only runs with batch roles write one)")
+    log = BatchLog(path)
+    records = list(log.batches().values())
+    wanted = [r for r in records if cancel in ("all", r["batch_id"]) and r["status"] not in TERMINAL] if cancel else []
+    if cancel and cancel != "all" and not any(r["batch_id"] == cancel for r in records):
+        raise ValueError(f"batch {cancel} is not in {path}")
+
+    async def talk() -> None:
+        for rec in records:
+            if not (refresh or rec in wanted) or not rec.get("provider"):
+                continue
+            client = batch_client(rec["provider"], resolve_api_key(api_key))
+            async with client.session() as http:
+                batch = await (client.cancel(http, rec["batch_id"]) if rec in wanted else
+                               client.retrieve(http, rec["batch_id"]))
+            state = {"status": batch["status"], "output_file_id": batch.get("output_file_id"),
+                     "error_file_id": batch.get("error_file_id"), "request_counts": batch.get("request_counts")}
+            log.append({"event": "state", "batch_id": rec["batch_id"], **state})
+            rec.update(state)
+
+    if refresh or wanted:
+        run_sync(talk)
+    return records

@@ -320,6 +320,7 @@ def _print_demo_summary(scored: Path) -> None:
     Console().print(table)
 
 
+from .batches_cmd import register as _register_batches  # noqa: E402
 from .export_cmd import register as _register_export  # noqa: E402
 from .report_cmd import register as _register_report  # noqa: E402  (commands defined after `app`)
 from .tcia_cmds import register as _register_tcia  # noqa: E402
@@ -327,6 +328,7 @@ from .tcia_cmds import register as _register_tcia  # noqa: E402
 _register_tcia(app)
 _register_report(app)
 _register_export(app)
+_register_batches(app)
 
 
 def main() -> None:  # pragma: no cover

@@ -174,6 +174,9 @@ def augment_cmd(
     embedder: Optional[str] = typer.Option(None),
     base_url: Optional[str] = typer.Option(None, help="Server URL for openai: models."),
     concurrency: Optional[int] = typer.Option(None, help="The most in-flight requests per server model (default 64)."),
+    batch: Optional[bool] = typer.Option(None, "--batch", help="Every server chat role through the provider's batch "
+                                         "API: about half the price, answered within hours; a killed run resumes "
+                                         "its batches (list them: ontask batches RUN_DIR)."),
     adaptive: Optional[bool] = typer.Option(None, "--adaptive/--fixed-concurrency",
                                             help="AIMD: halve in-flight requests on 429/503, raise them while calls succeed (default: adaptive)."),
     tokens_per_minute: Optional[int] = typer.Option(None, help="Token budget per server model (prompt + completion)."),
@@ -204,7 +207,7 @@ def augment_cmd(
             verifier=verifier, judge=judge, responders=responders, embedder=embedder, base_url=base_url,
             concurrency=concurrency, judge_mode=judge_mode, min_validity=min_validity,
             min_consistency=min_consistency, min_response_score=min_response_score, seed=rng_seed, db=db, check=check,
-            engine=engine, ray_address=ray_address, workers=workers, model=model),
+            engine=engine, ray_address=ray_address, workers=workers, model=model, batch=batch),
             model_option=model_option))
         rate = {k: v for k, v in dict(adaptive=adaptive, tokens_per_minute=tokens_per_minute,
                                       requests_per_minute=requests_per_minute).items() if v is not None}

@@ -62,7 +62,7 @@ def provider_class(name: str) -> type | None:
     return cls
 
 
-ACCOUNTING_OPTIONS = frozenset({"input_price", "output_price"})  # every provider: they change no result
+ACCOUNTING_OPTIONS = frozenset({"input_price", "output_price", "batch_price_factor"})  # every provider: they change no result
 
 
 def provider_for(spec: ModelSpec) -> Provider:

@@ -39,7 +39,7 @@ class ModelSpec(BaseModel):
     timeout: float | None = Field(None, gt=0, description="seconds per HTTP request")
     max_retries: int | None = Field(None, ge=0, description="retries of a failed request")
     structured: Literal["auto", "response_format", "prompt"] | None = Field(None, description="how JSON schemas are sent")
-    batch: bool | None = Field(None, description="chat: through the provider's batch API (about half the price, "
+    batch: bool | None = Field(None, description="chat and server scoring: through the provider's batch API (about half the price, "
                                                  "answered within hours; resumable)")
     # local (embedded, hf:, vllm:)
     device: str | None = Field(None, description=DEVICES_HELP)
@@ -55,12 +55,15 @@ class ModelSpec(BaseModel):
     # spent cost in run.json and --max-cost. None built in: a stale price would mislead silently.
     input_price: float | None = Field(None, ge=0, description="USD per million prompt tokens")
     output_price: float | None = Field(None, ge=0, description="USD per million generated tokens")
+    batch_price_factor: float | None = Field(None, gt=0, le=1, description="with batch: the share of the online "
+                                                                            "prices paid (default 0.5)")
 
     def cost(self, prompt_tokens: int, output_tokens: int = 0) -> float | None:
-        """USD for that many tokens, or None when the spec gives no price."""
+        """USD for that many tokens, or None when the spec gives no price (batch mode: discounted)."""
         if self.input_price is None and self.output_price is None:
             return None
-        return (prompt_tokens * (self.input_price or 0.0) + output_tokens * (self.output_price or 0.0)) / 1e6
+        online = (prompt_tokens * (self.input_price or 0.0) + output_tokens * (self.output_price or 0.0)) / 1e6
+        return online * ((self.batch_price_factor or 0.5) if self.batch else 1.0)
 
     @field_validator("spec")
     @classmethod

@@ -34,6 +34,8 @@ class AugmentConfig(RoleModels):
     embedder: str = "embedded"
     base_url: str | None = None
     concurrency: int = Field(64, ge=1, description="the most in-flight requests per server model")
+    batch: bool = Field(False, description="every server chat role through its provider's batch API (a role's own "
+                                           "`batch` option wins)")
     # Starts at `concurrency` in flight, not the generic half of it: a run's first wave (every
     # sampled state's compose) would otherwise go out in two, costing a round trip; a server
     # that refuses that many still halves it at once (AIMD).
@@ -99,4 +101,4 @@ class AugmentConfig(RoleModels):
         return {role: self.spec_for(role) for role in self.role_names()}
 
     def role_defaults(self) -> dict[str, Any]:
-        return {"base_url": self.base_url, "concurrency": self.concurrency}
+        return {"base_url": self.base_url, "concurrency": self.concurrency, "batch": self.batch or None}

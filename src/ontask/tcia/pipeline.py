@@ -126,6 +126,9 @@ def run_augment(seeds: Sequence[Seed], inputs: Sequence[str], cfg: AugmentConfig
         raise ValueError("the input pool is empty: augment needs real inputs of the task to pair with")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for g in roles.by_role.values():  # roles sent as provider batches keep their log with the run
+        if getattr(g.inner, "batch", False):
+            g.inner.batch_log = out / "batches.jsonl"
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     failures: list[dict[str, Any]] = []

@@ -24,10 +24,8 @@ class OpenAIProvider:
 
         if spec.structured is not None:
             raise ValueError(f"{spec.spec}: option structured is for chat roles, not the scorer")
-        if spec.batch:
-            raise ValueError(f"{spec.spec}: option batch is for chat roles; scoring through a batch API is not built yet")
         kw = take(spec, settings, "base_url", "template", "concurrency", "mode", "max_length", "timeout", "max_retries",
-                  "tokenizer", "retry", "rate")
+                  "tokenizer", "retry", "rate", "batch")
         return load_server_scorer(spec.target, api_key=api_key(spec), **kw)
 
     def generator(self, spec: ModelSpec, **settings: Any) -> Any:

@@ -23,10 +23,13 @@ Small enough to read in one go: `BatchClient` speaks HTTP, `run_batches` is the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
+import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -37,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..transport.http import error_message
 from ..transport.retry import Failure, RetryPolicy, retry_after_seconds, retrying
 
+logger = logging.getLogger(__name__)
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled", "lost"})  # lost: unknown to the provider
 RETRYABLE_CODES = frozenset({"batch_expired", "server_error", "rate_limit_exceeded", "timeout"})
 
@@ -148,6 +152,68 @@ class BatchClient:
         return content if raw else json.loads(content)
 
 
+class FolderBatches:
+    """A folder as the provider, for vLLM's offline runner on a GPU machine with no server.
+
+    `base_url: file:///path/to/folder` with `batch: true`. Creating a batch writes
+    `<id>.input.jsonl` there (and logs the command to run); the batch has ended when
+    `<id>.output.jsonl` holds a line for every request (vLLM writes one output file, answers
+    and errors together, in input order):
+
+        python -m vllm.entrypoints.openai.run_batch -i <id>.input.jsonl -o <id>.output.jsonl --model MODEL
+
+    A run waiting for it can be stopped and started again: the batch log brings it back to
+    the same files."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[None]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        yield None
+
+    async def upload(self, http: Any, data: bytes, filename: str) -> str:
+        file_id = f"file-{hashlib.sha256(data).hexdigest()[:16]}"
+        (self.folder / f"{file_id}.input.jsonl").write_bytes(data)
+        return file_id
+
+    async def create(self, http: Any, file_id: str, endpoint: str, window: str, metadata: dict[str, str]) -> dict[str, Any]:
+        batch_id = f"batch-{file_id.removeprefix('file-')}"
+        src = self.folder / f"{file_id}.input.jsonl"
+        src.replace(self.folder / f"{batch_id}.input.jsonl")
+        logger.warning("batch written: run  python -m vllm.entrypoints.openai.run_batch -i %s -o %s --model MODEL",
+                       self.folder / f"{batch_id}.input.jsonl", self.folder / f"{batch_id}.output.jsonl")
+        return {"id": batch_id, "status": "in_progress"}
+
+    async def retrieve(self, http: Any, batch_id: str) -> dict[str, Any]:
+        src, out = self.folder / f"{batch_id}.input.jsonl", self.folder / f"{batch_id}.output.jsonl"
+        if not src.exists():
+            raise Failure(f"no input file {src}", 404)
+        wanted = sum(1 for line in src.read_bytes().splitlines() if line.strip())
+        done = sum(1 for line in out.read_bytes().splitlines() if line.strip()) if out.exists() else 0
+        ended = done >= wanted  # vLLM streams lines as they finish: a partial file is still running
+        return {"id": batch_id, "status": "completed" if ended else "in_progress",
+                "output_file_id": out.name if ended else None, "error_file_id": None,
+                "request_counts": {"total": wanted, "completed": done, "failed": 0}}
+
+    async def cancel(self, http: Any, batch_id: str) -> dict[str, Any]:
+        raise Failure("a folder batch cannot be cancelled by ontask: stop the vLLM runner", 400)
+
+    async def content(self, http: Any, file_id: str) -> bytes:
+        path = self.folder / file_id
+        if not path.exists():
+            raise Failure(f"no file {path}", 404)
+        return path.read_bytes()
+
+
+def batch_client(base_url: str, api_key: str = "EMPTY", **kw: Any) -> "BatchClient | FolderBatches":
+    """The provider behind `base_url`: a folder (`file://`) for vLLM's offline runner, else HTTP."""
+    if base_url.startswith("file://"):
+        return FolderBatches(base_url.removeprefix("file://"))
+    return BatchClient(base_url, api_key, **kw)
+
+
 def input_file(requests: Mapping[str, Any], endpoint: str) -> list[tuple[str, bytes]]:
     """(custom_id, its JSON line) per request, in the order given."""
     return [(cid, (json.dumps({"custom_id": cid, "method": "POST", "url": endpoint, "body": body},
@@ -206,14 +272,16 @@ def _error_words(error: Any, body: Any) -> tuple[Any, str]:
     return None, "no body"
 
 
-async def run_batches(client: BatchClient, endpoint: str, requests: Mapping[str, Any], log: BatchLog,
+async def run_batches(client: "BatchClient | FolderBatches", endpoint: str, requests: Mapping[str, Any], log: BatchLog,
                       settings: BatchSettings | None = None, *,
-                      on_answer: Callable[[str, Any], None] | None = None) -> BatchOutcome:
+                      on_answer: Callable[[str, Any], None] | None = None,
+                      record: Mapping[str, Any] | None = None) -> BatchOutcome:
     """Every request answered or failed, through batches recorded in `log` (see the module doc).
 
     `requests`: custom_id -> request body. `on_answer(custom_id, body)` is called as each
     batch's answers are read (e.g. to commit them to a cache, so a later run does not ask
-    again)."""
+    again). `record`: more fields for the log's "created" lines (e.g. the provider's address,
+    the role), for `ontask batches` to show."""
     settings = settings or BatchSettings()
     outcome = BatchOutcome()
     wanted = dict(requests)
@@ -231,7 +299,7 @@ async def run_batches(client: BatchClient, endpoint: str, requests: Mapping[str,
             todo = {cid: body for cid, body in wanted.items()
                     if cid not in latest and cid not in outcome.results and cid not in outcome.failures}
             for chunk in split(input_file(todo, endpoint), settings.max_requests, settings.max_bytes):
-                rec = await _submit(client, http, chunk, endpoint, settings, log, attempts)
+                rec = await _submit(client, http, chunk, endpoint, settings, log, attempts, record or {})
                 active[rec["batch_id"]] = rec
                 for cid, _ in chunk:
                     latest[cid] = rec["batch_id"]
@@ -263,7 +331,8 @@ async def run_batches(client: BatchClient, endpoint: str, requests: Mapping[str,
 
 
 async def _submit(client: BatchClient, http: aiohttp.ClientSession, chunk: list[tuple[str, bytes]], endpoint: str,
-                  settings: BatchSettings, log: BatchLog, attempts: dict[str, int]) -> dict[str, Any]:
+                  settings: BatchSettings, log: BatchLog, attempts: dict[str, int],
+                  record: Mapping[str, Any]) -> dict[str, Any]:
     data = b"".join(line for _, line in chunk)
     file_id = await client.upload(http, data, "ontask-batch.jsonl")
     created = await client.create(http, file_id, endpoint, settings.completion_window,
@@ -271,7 +340,7 @@ async def _submit(client: BatchClient, http: aiohttp.ClientSession, chunk: list[
     ids = [cid for cid, _ in chunk]
     for cid in ids:
         attempts[cid] = attempts.get(cid, 0) + 1
-    rec = {"event": "created", "batch_id": created["id"], "input_file_id": file_id, "endpoint": endpoint,
+    rec = {"event": "created", "batch_id": created["id"], "input_file_id": file_id, "endpoint": endpoint, **record,
            "custom_ids": ids, "status": created.get("status", "validating")}
     log.append(rec)
     return rec
@@ -322,3 +391,60 @@ async def _answers(client: BatchClient, http: aiohttp.ClientSession, rec: dict[s
     if rec["status"] == "failed" and not answers:  # the whole batch was refused (e.g. validation)
         answers = {cid: (None, "the provider failed the batch", False) for cid in rec["custom_ids"]}
     return answers
+
+
+class BatchFailure(Exception):
+    """A request that failed inside its batch for good: the provider's reason (and HTTP status)."""
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.status = reason, status
+
+
+class Batcher:
+    """Collects the request bodies sent in one moment (every request of a call at its start,
+    every re-ask once a batch has returned) and sends them as one provider batch through
+    `run_batches`. Equal bodies go once. `send` returns the answer's body as bytes, as an
+    online request would, or raises `BatchFailure` with the provider's reason.
+
+    Chat roles and the server scorer use it in batch mode, so re-asks, repairs and parsing
+    are the online code's, applied to answers that come back from a batch."""
+
+    GATHER_S = 0.05  # the requests of one moment arrive within a few turns of the loop
+
+    def __init__(self, client: "BatchClient | FolderBatches", endpoint: str, log: BatchLog,
+                 settings: BatchSettings, record: Mapping[str, Any] | None = None) -> None:
+        self.client, self.endpoint, self.log, self.settings, self.record = client, endpoint, log, settings, record
+        self.pending: dict[str, tuple[Any, list[asyncio.Future]]] = {}
+        self.flushing: asyncio.Task | None = None
+
+    async def send(self, body: Any) -> bytes:
+        cid = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:40]
+        future = asyncio.get_running_loop().create_future()
+        self.pending.setdefault(cid, (body, []))[1].append(future)
+        if self.flushing is None:
+            self.flushing = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(self.GATHER_S)
+        batch, self.pending, self.flushing = self.pending, {}, None
+        try:
+            out = await run_batches(self.client, self.endpoint, {cid: body for cid, (body, _) in batch.items()},
+                                    self.log, self.settings, record=self.record)
+        except Exception as exc:  # the batch API itself failed: every request of the moment says why
+            for _, futures in batch.values():
+                for f in futures:
+                    if not f.done():
+                        f.set_exception(BatchFailure(f"batch API: {exc}"))
+            return
+        for cid, (_, futures) in batch.items():
+            for f in futures:
+                if f.done():  # its caller went away (a stop): nothing to hand over
+                    continue
+                if cid in out.results:
+                    f.set_result(json.dumps(out.results[cid]).encode())
+                else:
+                    reason = out.failures.get(cid, "no answer in the batch's output")
+                    head = reason.split(":", 1)[0]
+                    f.set_exception(BatchFailure(reason, int(head) if head.isdigit() else None))

@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -50,7 +49,7 @@ from pydantic import BaseModel
 
 from ...paths import user_cache_dir
 from ..transport.endpoint import public_url, resolve_api_key, resolve_base_url, run_sync, scrub_key
-from .batch import BatchClient, BatchLog, BatchSettings, run_batches
+from .batch import Batcher, BatchFailure, BatchLog, BatchSettings, batch_client
 from ..base import (
     ChatOutcome,
     ChatRequest,
@@ -197,7 +196,12 @@ class OpenAIChatGenerator:
         # A connection per slot, so no admitted request waits for a connection.
         return _Call(session(self._api_key, self.concurrency), f"{self.base_url.rstrip('/')}/chat/completions",
                      RateController(self.rate, self.concurrency, self.rate_state),
-                     _Batcher(self) if self.batch else None)
+                     self._batcher() if self.batch else None)
+
+    def _batcher(self) -> Batcher:
+        return Batcher(batch_client(self.base_url, self._api_key, timeout=self.timeout, retry=self.retry),
+                       "/v1/chat/completions", BatchLog(self.batch_log), self.batch_settings,
+                       record={"provider": public_url(self.base_url), "model": self.model})
 
     async def _run_all(self, requests: list[Any], one: Callable[..., Awaitable[Any]],
                        on_result: Callable[[int, Any], None] | None, shared: "_Call | None" = None) -> list[Any]:
@@ -358,7 +362,10 @@ class OpenAIChatGenerator:
     async def _attempt(self, call: "_Call", body: dict[str, Any], tally: "_Tally") -> "_Reply":
         if call.batcher is not None:
             tally.attempts += 1
-            return _parse_reply(await call.batcher.send(body), tally)
+            try:
+                return _parse_reply(await call.batcher.send(body), tally)
+            except BatchFailure as exc:
+                raise _Failure(self._scrub(f"batch: {exc.reason}"), exc.status) from None
         ticket = await call.rate.acquire(estimate_tokens(body) if call.rate.counts_tokens else 0.0)
         outcome, used, retry_after = "failed", None, None
         try:
@@ -414,51 +421,7 @@ class _Call:
     client: aiohttp.ClientSession
     url: str
     rate: RateController
-    batcher: "_Batcher | None" = None
-
-
-class _Batcher:
-    """Collects the bodies a call's requests send in one moment (every request at the start,
-    every re-ask after a batch returns) and sends them as one provider batch (`run_batches`,
-    which records it, polls it, and resends what failed for a passing reason). Equal bodies
-    go once. A request that fails inside the batch for good raises the provider's reason."""
-
-    GATHER_S = 0.05  # the requests of one moment arrive within a few turns of the loop
-
-    def __init__(self, gen: "OpenAIChatGenerator") -> None:
-        self.gen = gen
-        self.pending: dict[str, tuple[dict[str, Any], list[asyncio.Future]]] = {}
-        self.flushing: asyncio.Task | None = None
-
-    async def send(self, body: dict[str, Any]) -> bytes:
-        cid = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:40]
-        future = asyncio.get_running_loop().create_future()
-        self.pending.setdefault(cid, (body, []))[1].append(future)
-        if self.flushing is None:
-            self.flushing = asyncio.create_task(self._flush())
-        return await future
-
-    async def _flush(self) -> None:
-        await asyncio.sleep(self.GATHER_S)
-        batch, self.pending, self.flushing = self.pending, {}, None
-        gen = self.gen
-        try:
-            out = await run_batches(BatchClient(gen.base_url, gen._api_key, timeout=gen.timeout, retry=gen.retry),
-                                    "/v1/chat/completions", {cid: body for cid, (body, _) in batch.items()},
-                                    BatchLog(gen.batch_log), gen.batch_settings)
-        except Exception as exc:  # the batch API itself failed: every request of the moment says why
-            for _, futures in batch.values():
-                for f in futures:
-                    f.set_exception(_Failure(gen._scrub(f"batch API: {exc}")))
-            return
-        for cid, (_, futures) in batch.items():
-            for f in futures:
-                if cid in out.results:
-                    f.set_result(json.dumps(out.results[cid]).encode())
-                else:
-                    reason = out.failures.get(cid, "no answer in the batch's output")
-                    status = int(reason.split(":", 1)[0]) if reason.split(":", 1)[0].isdigit() else None
-                    f.set_exception(_Failure(gen._scrub(f"batch: {reason}"), status))
+    batcher: Batcher | None = None
 
 
 @dataclass(slots=True)

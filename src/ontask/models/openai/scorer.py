@@ -45,6 +45,8 @@ from ..transport.endpoint import public_url, resolve_api_key, resolve_base_url, 
 from ..transport.http import HTTPStatusError, TimedOut, Unreachable, post_json, post_json_sync, session
 from ..local.templates import SplicedTemplate, gguf_template, jinja_env, template_text
 from ..local.tokenized import split_pass
+from ...paths import user_cache_dir
+from .batch import Batcher, BatchFailure, BatchLog, BatchSettings, batch_client
 
 MODES = ("echo", "prompt_logprobs")
 
@@ -67,6 +69,9 @@ class ServerScorer:
         api_key: str | None = None,
         retry: RetryPolicy | dict[str, Any] | None = None,
         rate: RateControl | dict[str, Any] | None = None,
+        batch: bool = False,
+        batch_settings: BatchSettings | dict[str, Any] | None = None,
+        batch_log: str | os.PathLike | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown server scoring mode '{mode}': use one of {', '.join(MODES)}")
@@ -117,6 +122,13 @@ class ServerScorer:
             self._identity["tokenizer"] = _tokenizer_hash(self._tokenizer)
         self._fingerprint = fingerprint_of(self._identity)
         self.stats = {"requests": 0, "errors": 0}
+        # Batch mode: every pass's completions request through the provider's batch API
+        # (batch.py), answered and read exactly as online; same answers, same fingerprint.
+        self.batch = bool(batch)
+        self.batch_settings = batch_settings if isinstance(batch_settings, BatchSettings) \
+            else BatchSettings(**(batch_settings or {}))
+        self.batch_log = Path(batch_log) if batch_log else user_cache_dir() / "batches" / f"{self._fingerprint}.jsonl"
+        self._batcher: Batcher | None = None
 
     # -- identity -----------------------------------------------------------------------
     @property
@@ -245,6 +257,10 @@ class ServerScorer:
         # retry policy's and rate control sees every 429.
         client = session(self._api_key, self.concurrency)
         control = RateController(self.rate, self.concurrency, self.rate_state)
+        self._batcher = Batcher(batch_client(self.base_url, self._api_key, timeout=self.timeout, retry=self.retry),
+                                "/v1/completions", BatchLog(self.batch_log), self.batch_settings,
+                                record={"provider": public_url(self.base_url), "model": self.model}) \
+            if self.batch else None
 
         async def one(i: int, req: PassRequest) -> PassOutcome:
             try:
@@ -268,7 +284,13 @@ class ServerScorer:
         return list(results)
 
     async def _attempt(self, client: aiohttp.ClientSession, control: RateController, req: PassRequest) -> PassOutcome:
-        """One HTTP attempt, admitted by rate control; a retryable `Failure` goes back to the policy."""
+        """One HTTP attempt, admitted by rate control; a retryable `Failure` goes back to the policy.
+        (In batch mode every pass goes at once: the batch, not the connection, is the unit.)"""
+        if self._batcher is not None:
+            try:
+                return await (self._echo(client, req) if self.mode == "echo" else self._prompt_logprobs(client, req))
+            except BatchFailure as exc:
+                raise Failure(self._scrub(f"batch: {exc.reason}"), exc.status) from None
         ticket = await control.acquire(0.0)
         outcome, retry_after = "failed", None
         try:
@@ -302,9 +324,8 @@ class ServerScorer:
             return PassError("output has no tokens")
         prompt = self.render_prompt(req.user)
         full = prompt + req.output
-        resp = await post_json(client, self._url("/completions"), {
-            "model": self.model, "prompt": full, "echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0.0},
-            self.timeout)
+        resp = await self._complete(client, {
+            "model": self.model, "prompt": full, "echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0.0})
         lp = resp["choices"][0].get("logprobs") or {}
         text_offset, tokens_all, logprobs_all = lp.get("text_offset"), lp.get("tokens"), lp.get("token_logprobs")
         if not text_offset or tokens_all is None or logprobs_all is None:
@@ -332,6 +353,12 @@ class ServerScorer:
         k = offsets.index(len(prompt))
         picked = [logprobs[i] for i, off in enumerate(offsets) if len(prompt) <= off < len(full)]
         return self._result(picked, k, n)
+
+    async def _complete(self, client: aiohttp.ClientSession, body: dict[str, Any]) -> Any:
+        """One completions request: online, or as a line of the current provider batch."""
+        if self._batcher is not None:
+            return json.loads(await self._batcher.send(body))
+        return await post_json(client, self._url("/completions"), body, self.timeout)
 
     def _result(self, picked: list[Any], n_prompt: int, n_total: int) -> PassOutcome:
         if not picked:
@@ -410,8 +437,8 @@ class ServerScorer:
         if isinstance(enc, PassError):
             return enc
         ids, start = enc
-        resp = await post_json(client, self._url("/completions"), {
-            "model": self.model, "prompt": ids, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 1}, self.timeout)
+        resp = await self._complete(client, {
+            "model": self.model, "prompt": ids, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 1})
         choice = resp["choices"][0]
         plp = choice.get("prompt_logprobs")
         if plp is None:
