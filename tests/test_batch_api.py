@@ -330,3 +330,34 @@ def test_batch_prices_are_the_discounted_share_of_the_online_ones():
     assert online.model_copy(update={"batch": True}).cost(1_000_000, 1_000_000) == 3.0  # the default half
     assert ModelSpec(spec="openai:x", input_price=2.0, output_price=4.0, batch=True,
                      batch_price_factor=0.4).cost(1_000_000, 1_000_000) == pytest.approx(2.4)
+
+
+def test_augment_batch_failures_are_resent_alone_then_recorded_with_the_providers_reason(tmp_path, db, embedder,
+                                                                                         monkeypatch):
+    import hashlib
+    from collections import Counter
+
+    from ontask.cache import ResultCache
+    from ontask.tcia.config import AugmentConfig
+    from ontask.tcia.pipeline import Roles, Seed, run_augment
+    from ontask.tcia.sources import read_inputs
+    from ontask.testing.tcia_handler import tcia_chat_handler
+
+    monkeypatch.setenv("ONTASK_CACHE_DIR", str(tmp_path / "user-cache"))
+    rate = 0.15
+    with FakeServer(chat_handler=tcia_chat_handler, batch_fail_rate=rate) as srv:
+        cfg = AugmentConfig(decomposer="openai:tiny", composer="openai:tiny", verifier="openai:tiny",
+                            judge="openai:tiny", responders=["openai:tiny"], base_url=srv.base_url, batch=True,
+                            hops=2, per_op=4, max_states=30, samples=8, inputs_per_instruction=2, seed=3,
+                            min_validity=3.5, min_consistency=3.5)
+        run_augment([Seed(SEED)], read_inputs(DATA / "demo_inputs.jsonl"), cfg, tmp_path / "run", db=db,
+                    embedder=embedder, roles=Roles(cfg, ResultCache(tmp_path / "c.sqlite")))
+        created = batches_created(srv)
+    fails = {cid for ids in created for cid in ids
+             if int.from_bytes(hashlib.sha256(cid.encode()).digest()[:4], "big") / 2**32 < rate}
+    sent = Counter(cid for ids in created for cid in ids)
+    assert fails and {cid for cid, n in sent.items() if n > 1} == fails  # only the failed ones went again
+    assert all(sent[cid] == 3 for cid in fails)  # max_attempts batches each, then given up
+    failed = [json.loads(x) for x in (tmp_path / "run" / "failed.jsonl").read_text().splitlines()]
+    reasons = [f["reason"] for f in failed if "batch:" in f["reason"]]
+    assert reasons and all("server_error: injected failure inside the batch" in r and "3 batches" in r for r in reasons)
