@@ -102,3 +102,21 @@ def test_kernels_and_gemm_are_checked_spec_options():
     assert ModelSpec(spec="embedded", kernels="eager", gemm="onednn").options() == {"kernels": "eager", "gemm": "onednn"}
     with pytest.raises(ValueError, match="kernels"):
         ModelSpec(spec="embedded", kernels="fast")
+
+
+def test_choice_probabilities_through_the_fused_forward_match_eager(tiny_scorer):
+    """The generator's choice_probs (the judges' one forward pass) runs the fused forward on
+    the CPU: next-token probabilities agree with transformers' forward to float32 rounding,
+    and the scorer and generator of one model share one fused copy of the weights."""
+    from ontask.models.hf.generator import HFGenerator
+
+    model, tok = tiny_scorer.model, tiny_scorer.tokenizer
+    fused = HFGenerator(model, tok, name="t", identity={}, kernels="auto")
+    eager = HFGenerator(model, tok, name="t", identity={}, kernels="eager")
+    assert fused.describe()["kernels"].startswith("fused") and eager.describe()["kernels"].startswith("eager")
+    assert fused._fused is HFScorer(model, tok, name="t", identity={})._fused  # one copy per model
+    seqs = [tok(f"<|im_start|>user\nRate answer {i} from one to five, please.<|im_end|>\n" * (i + 1))["input_ids"]
+            for i in range(4)]  # different lengths: right padding, each row's own last position
+    a, b = fused._next_token_probs(seqs), eager._next_token_probs(seqs)
+    assert a.shape == b.shape and a.shape[0] == 4
+    assert float((a - b).abs().max()) < 1e-6 and float((a.sum(-1) - 1).abs().max()) < 1e-5

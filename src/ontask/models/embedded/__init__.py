@@ -28,7 +28,7 @@ class EmbeddedProvider:
 
         _no_target(spec)
         return load_embedded_generator(**take(spec, settings, "device", "dtype", "batch_size", "max_length",
-                                              "repetition_penalty"))
+                                              "repetition_penalty", "kernels", "gemm"))
 
 
 def _no_target(spec: ModelSpec) -> None:

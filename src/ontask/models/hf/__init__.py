@@ -22,4 +22,4 @@ class HFProvider:
         from .generator import load_hf_generator
 
         return load_hf_generator(spec.target, **take(spec, settings, "device", "dtype", "batch_size", "max_length",
-                                                      "repetition_penalty"))
+                                                      "repetition_penalty", "kernels", "gemm"))

@@ -24,14 +24,21 @@ configurations `supports` accepts; anything else runs transformers' own forward.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .gemm import Linear
+from .gemm import Linear, pick_gemm
 
 FAMILIES = {"llama", "qwen2", "mistral"}
+KERNELS = ("auto", "fused", "eager")
+# One fused copy of the weights per model and GEMM path, shared by the scorer and the
+# generator of that model (both only read it), dropped with the model.
+_BODIES: "weakref.WeakKeyDictionary[Any, dict[str, FusedBody]]" = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values of a prefix [1, kv heads, len, d]
 
 
@@ -137,3 +144,23 @@ class FusedBody:
             half = g.shape[-1] // 2
             x = down(F.silu(g[..., :half]).mul_(g[..., half:]), residual=x)
         return self._norm(x).mul_(self.final_norm)
+
+
+def select_kernels(model: Any, kernels: str, gemm: str) -> tuple[FusedBody | None, str]:
+    """The fused body where it applies (`auto`), is demanded (`fused`, else an error saying
+    why it cannot), or none (`eager`); and what runs, in words, for run.json."""
+    if kernels not in KERNELS:
+        raise ValueError(f"unknown kernels '{kernels}': use {', '.join(KERNELS)}")
+    path = pick_gemm(gemm)
+    if kernels == "eager":
+        return None, "eager (transformers)"
+    why_not = supports(model)
+    if why_not:
+        if kernels == "fused":
+            raise ValueError(f"kernels fused: not for this model: {why_not} (use kernels auto or eager)")
+        return None, f"eager (transformers; fused does not apply: {why_not})"
+    with _LOCK:
+        per_path = _BODIES.setdefault(model, {})
+        if path not in per_path:
+            per_path[path] = FusedBody(model, gemm=path)
+        return per_path[path], f"fused (gemm {path})"

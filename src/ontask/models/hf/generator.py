@@ -80,6 +80,7 @@ from ..structured import StructuredError, parse_structured
 from ..local.grammar import Constraints, RowControl, quote
 from ..local.prompts import ChatTemplatePrompts
 from ..local.weights import load_causal_lm, model_device
+from .fused import select_kernels
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,8 @@ class HFGenerator(ChatTemplatePrompts):
         batch_size: int = 16,
         max_length: int | None = None,
         repetition_penalty: float = 1.0,
+        kernels: str = "auto",
+        gemm: str = "auto",
     ) -> None:
         if not tokenizer.chat_template:
             raise ValueError(f"{name}: the tokenizer has no chat_template; chat needs one")
@@ -144,6 +147,10 @@ class HFGenerator(ChatTemplatePrompts):
         self._stop_ids = _stop_ids(model, tokenizer)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._stop_ids[0]
         self._vocab = int(model.get_output_embeddings().weight.shape[0])
+        # choice_probs is a forward pass like scoring: on the CPU in fp32 it runs the scorer's
+        # fused forward (shared weights); generation itself stays transformers' generate
+        self._fused, self.kernels = select_kernels(model, kernels, gemm)
+        self._softcap = getattr(model.config, "final_logit_softcapping", None)
         self._constraints: Constraints | None = None
         self._choice_cache: dict[tuple[str, ...], tuple[int, ...]] = {}
         # Applied to free-text answers only (a JSON answer's grammar already bounds it):
@@ -169,7 +176,8 @@ class HFGenerator(ChatTemplatePrompts):
         return True
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "fingerprint": self._fingerprint, "backend": "transformers", **self._identity}
+        return {"name": self.name, "fingerprint": self._fingerprint, "backend": "transformers", **self._identity,
+                "kernels": self.kernels}
 
     # -- batch plan ----------------------------------------------------------------------
     def plan(self, requests: Sequence[ChatRequest] | Sequence[ChoiceRequest]) -> list[list[int]]:
@@ -359,6 +367,12 @@ class HFGenerator(ChatTemplatePrompts):
         ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
         for b, s in enumerate(seqs):
             ids[b, : len(s)] = torch.tensor(s)
+        if self._fused is not None:
+            hidden = self._fused(ids)[torch.arange(len(seqs)), torch.tensor([len(s) - 1 for s in seqs])]
+            picked = self.model.get_output_embeddings()(hidden).float()
+            if self._softcap:
+                picked = torch.tanh(picked / self._softcap) * self._softcap
+            return torch.softmax(picked, dim=-1)
         last = sorted({len(s) - 1 for s in seqs})
         column = {pos: k for k, pos in enumerate(last)}
         logits = self.model(input_ids=ids.to(self.device), use_cache=False,

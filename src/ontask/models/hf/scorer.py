@@ -32,11 +32,9 @@ import torch
 from ..base import OnResults, PassOutcome, PassRequest, PassResult, fingerprint_of
 from ..local.tokenized import TokenizingScorer
 from ..local.weights import load_causal_lm, model_device
-from .fused import FusedBody, supports
-from .gemm import pick_gemm
+from .fused import KERNELS, FusedBody, select_kernels
 
 MIN_SHARED_PREFIX = 8  # below this, sharing a prefix costs more than it saves
-KERNELS = ("auto", "fused", "eager")
 HEAD_ROWS = 1024  # positions per vocabulary GEMM (bounds the [positions x vocab] buffer)
 SOFTMAX_ROWS = 16  # rows per log-softmax slice: 16 x 49k vocab x 4 B = 3 MB, cache-sized
 
@@ -78,7 +76,7 @@ class HFScorer(TokenizingScorer):
             **({"device": self.device.type} if self.device.type != "cpu" else {}),
         }
         self._fingerprint = fingerprint_of(self._identity)
-        self._fused, self.kernels = _kernels(model, kernels, gemm)
+        self._fused, self.kernels = select_kernels(model, kernels, gemm)
         self.stats = {"batches": 0, "tokens": 0, "passes": 0}
 
     # -- identity -----------------------------------------------------------------
@@ -186,22 +184,6 @@ def _target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     sumexp = torch.exp(shifted).sum(dim=-1, dtype=torch.float64)
     picked = shifted.gather(1, targets[:, None])[:, 0].double()
     return picked - torch.log(sumexp)
-
-
-def _kernels(model: Any, kernels: str, gemm: str) -> tuple[FusedBody | None, str]:
-    """The fused body where it applies (`auto`), is demanded (`fused`, else an error saying
-    why it cannot), or none (`eager`); and what runs, in words, for run.json."""
-    if kernels not in KERNELS:
-        raise ValueError(f"unknown kernels '{kernels}': use {', '.join(KERNELS)}")
-    path = pick_gemm(gemm)
-    if kernels == "eager":
-        return None, "eager (transformers)"
-    why_not = supports(model)
-    if why_not:
-        if kernels == "fused":
-            raise ValueError(f"kernels fused: not for this model: {why_not} (use kernels auto or eager)")
-        return None, f"eager (transformers; fused does not apply: {why_not})"
-    return FusedBody(model, gemm=path), f"fused (gemm {path})"
 
 
 def _common_prefix(seqs: list[list[int]], limit: int) -> int:
