@@ -127,25 +127,61 @@ def test_every_row_score_equals_hand_computation(tmp_path, tiny_dir, tiny_scorer
         assert got["tss_top_alt"] == alts[max(range(2), key=lambda i: alt_lps[i])]
 
 
+class HandEmbedder:  # deterministic vectors: hard neighbours are chosen by these
+    name = "hand"
+
+    def embed(self, texts):
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        v = rng.normal(size=(len(texts), 8)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
 def test_tss_pp_is_z_scored_hard_tss_plus_lambda_quality(tmp_path, tiny_dir, tiny_scorer, cache):
     import numpy as np
 
-    class HandEmbedder:  # deterministic vectors: hard neighbours are chosen by these
-        name = "hand"
-
-        def embed(self, texts):
-            rng = np.random.default_rng(0)
-            v = rng.normal(size=(len(texts), 8)).astype(np.float32)
-            return v / np.linalg.norm(v, axis=1, keepdims=True)
-
     src = tmp_path / "in.jsonl"
     _write(src, ROWS)
-    cfg = ScoreConfig(scorer="t", metrics=["tss", "tss++"], alternatives="random", k=2, lam=0.3)
+    cfg = ScoreConfig(scorer="t", metrics=["tss", "tss++"], alternatives="random", k=2, lam=0.3, quality="lp",
+                      hard_pick="embedding")  # the previous definition, still a setting
     run_score(src, tmp_path / "out", cfg, scorer=tiny_scorer, cache=cache, embedder=HandEmbedder())
     out = [json.loads(line) for line in (tmp_path / "out" / "data.jsonl").read_text().splitlines()]
     hard, q = np.array([r["tss_hard"] for r in out]), np.array([r["lp"] for r in out])
     z = lambda a: (a - a.mean()) / a.std()  # noqa: E731
     np.testing.assert_allclose([r["tss_pp"] for r in out], z(hard) + 0.3 * z(q), atol=1e-9)
+
+
+def test_tss_pp_default_is_tss_against_the_most_likely_of_the_nearest(tmp_path, tiny_dir, tiny_scorer, cache):
+    """The default TSS++, by hand: the pool's nearest instructions by cosine (the hand
+    embedder's vectors), each scored, the k under which the output is most likely kept,
+    TSS against them (log-mean-exp), z-scored over the rows; no quality term."""
+    import numpy as np
+
+    src = tmp_path / "in.jsonl"
+    _write(src, ROWS)
+    cfg = ScoreConfig(scorer="t", metrics=["tss++"], k=2, hard_pool=3)
+    manifest = run_score(src, tmp_path / "out", cfg, scorer=tiny_scorer, cache=cache, embedder=HandEmbedder())
+    assert manifest["tss_pp_definition"]["definition"] == (
+        "z(TSS against the 2 most likely of the 3 nearest instructions (embedding)), no quality term")
+    out = [json.loads(line) for line in (tmp_path / "out" / "data.jsonl").read_text().splitlines()]
+    pool = InstructionPool(r["instruction"] for r in ROWS)
+    emb = HandEmbedder().embed(pool.texts)
+    want = []
+    for row in ROWS:
+        i = pool.index[row["instruction"]]
+        sims = emb @ emb[i]
+        near = sorted((j for j in range(len(pool)) if j != i and sims[j] < 0.95), key=lambda j: (-sims[j], j))[:3]
+        s, n = hand_logprob(tiny_scorer, PassRequest(build_user_turn(row["instruction"], row["input"]), row["output"]))
+        lps = []
+        for j in near:
+            sa, na = hand_logprob(tiny_scorer, PassRequest(build_user_turn(pool.texts[j], row["input"]), row["output"]))
+            lps.append(sa / na)
+        top = sorted(lps, reverse=True)[:2]
+        want.append(s / n - math.log(sum(math.exp(x) for x in top) / 2))
+    got = np.array([r["tss_hard"] for r in out])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose([r["tss_pp"] for r in out], (got - got.mean()) / got.std(), atol=1e-9)
 
 
 def test_shared_passes_are_computed_once(tmp_path, tiny_dir, tiny_scorer, cache):

@@ -68,8 +68,11 @@ def score(
                                                "instruction with one constraint removed or replaced (also gives per-constraint specificity)."),
     k: Optional[int] = typer.Option(None, "-k", help="Alternatives per row (default: 4)."),
     aggregator: Optional[str] = typer.Option(None, help="logmeanexp | mean | max."),
-    lam: Optional[float] = typer.Option(None, "--lambda", help="TSS++ quality weight (default: 0.1)."),
-    quality: Optional[str] = typer.Option(None, help="TSS++ quality term: lp | 1-ifd."),
+    lam: Optional[float] = typer.Option(None, "--lambda", help="TSS++ quality weight (default 0; needs --quality)."),
+    quality: Optional[str] = typer.Option(None, help="TSS++ quality term: none (default) | lp | 1-ifd."),
+    hard_pick: Optional[str] = typer.Option(None, "--hard-pick", help="TSS++ alternatives: likelihood (default: the k "
+                                            "most likely of --hard-pool nearest) | embedding (the k nearest)."),
+    hard_pool: Optional[int] = typer.Option(None, "--hard-pool", help="TSS++: nearest instructions scored (default 8)."),
     scorer: Optional[str] = typer.Option(None, help="embedded | hf:PATH | openai:MODEL | vllm:PATH."),
     model: Optional[str] = ModelOpt,
     model_option: Optional[list[str]] = ModelOptionOpt,
@@ -107,7 +110,8 @@ def score(
     try:
         flags = dict(
             metrics=parse_metrics(metrics) if metrics else None, alternatives=alternatives, k=k,
-            aggregator=aggregator, lam=lam, quality=quality, scorer=scorer, base_url=base_url,
+            aggregator=aggregator, lam=lam, quality=quality, hard_pick=hard_pick, hard_pool=hard_pool,
+            scorer=scorer, base_url=base_url,
             embedder=embedder, columns=parse_columns(columns) if columns else None, seed=seed, limit=limit,
             sample=sample, max_tokens_spent=max_tokens_spent, max_cost=max_cost, batch_tokens=batch_tokens, decomposer=decomposer, composer=composer, verifier=verifier, db=db, check=check,
             engine=engine, ray_address=ray_address, workers=workers, model=model,
@@ -183,6 +187,8 @@ def _run_score(input: Path, output: Path, cfg, cache_path: Path | None) -> dict:
         f"(passes: {c['passes_computed']} computed, {c['passes_cached']} cached; "
         f"{manifest['tokens_per_s'] or 0:,.0f} tok/s)"
     )
+    if manifest.get("tss_pp_definition"):
+        console.print(f"tss++: {manifest['tss_pp_definition']['definition']}")
     console.print(f"output: {manifest['output']}\nmanifest: {side_file(manifest['output'], 'run.json')}")
     if c["rows_failed"]:
         console.print(f"[yellow]failures with reasons:[/] {manifest['failed']}")

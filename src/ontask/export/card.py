@@ -26,8 +26,9 @@ SCORE_DEFINITIONS: dict[str, str] = {
     "ifd_ppl": "ppl(I_true) / ppl(empty user turn): Superfiltering's variant of IFD",
     "tss": "lp(I_true) - log mean_k exp(lp(I_k)) over k alternative instructions: how much better the row's own "
            "instruction explains the output than other instructions do",
-    "tss_hard": "TSS against the k nearest instructions by embedding (cosine < 0.95)",
-    "tss_pp": "TSS++: z(tss_hard) + lambda * z(q), q = lp (default) or 1 - IFD, lambda 0.1",
+    "tss_hard": "TSS against the k alternatives under which the output is most likely, among the 8 nearest "
+                "instructions by embedding (cosine < 0.95); the run's tss_pp_definition in run.json says which",
+    "tss_pp": "TSS++: z(tss_hard) over the run's rows (+ lambda * z(q) when a quality term is set)",
 }
 
 # The Hub's size buckets (upper bounds, exclusive).

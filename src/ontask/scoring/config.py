@@ -26,8 +26,14 @@ class ScoreConfig(RoleModels):
     alternatives: Literal["random", "hard", "variants"] = "random"
     k: int = Field(4, ge=1, le=64, description="alternative instructions per row")
     aggregator: Literal["logmeanexp", "mean", "max"] = "logmeanexp"
-    lam: float = Field(0.1, ge=0, description="TSS++ weight of the quality term")
-    quality: Literal["lp", "1-ifd"] = "lp"
+    # TSS++ (README, Definitions; chosen on dev data by benchmarks/bench_tss.py): TSS against
+    # the k alternatives under which the output is most likely among the `hard_pool`
+    # nearest instructions by embedding, z-scored, plus lam x z(quality) when a quality is set.
+    hard_pick: Literal["likelihood", "embedding"] = Field(
+        "likelihood", description="TSS++: the k most likely of the hard_pool nearest (likelihood) or the k nearest")
+    hard_pool: int = Field(8, ge=1, le=64, description="TSS++ with hard_pick likelihood: nearest instructions scored")
+    quality: Literal["none", "lp", "1-ifd"] = Field("none", description="TSS++ quality term (none: TSS_hard alone)")
+    lam: float = Field(0.0, ge=0, description="TSS++ weight of the quality term")
     near_duplicate: float = Field(0.95, gt=0, le=1, description="hard alternatives above this cosine are skipped")
     seed: int = 0
     scorer: str | None = Field(None, description="default: the `model` setting, else embedded")
@@ -69,6 +75,8 @@ class ScoreConfig(RoleModels):
             raise ValueError("give --limit N or --sample N, not both")
         if (self.max_cost or self.max_tokens_spent) and self.engine != "local":
             raise ValueError("--max-cost and --max-tokens-spent stop the local engine only (not --engine ray)")
+        if self.quality == "none" and self.lam > 0:
+            raise ValueError(f"lam={self.lam} weighs TSS++'s quality term, but quality is none: set quality lp or 1-ifd")
         if self.max_cost is not None and self.spec_for("scorer").cost(1) is None:
             raise ValueError("--max-cost needs the scorer's price: set models.scorer.input_price "
                              "(USD per million tokens) in the settings or --model-option scorer.input_price=X")
@@ -81,7 +89,20 @@ class ScoreConfig(RoleModels):
     @property
     def passes_per_row(self) -> int:
         """Passes a row needs at most (fewer when hard alternatives skip near duplicates)."""
-        return 1 + int(self.needs_empty) + self.k * len(self.alternative_kinds)
+        return 1 + int(self.needs_empty) + sum(self.hard_count if kind == "hard" else self.k
+                                               for kind in self.alternative_kinds)
+
+    @property
+    def hard_count(self) -> int:
+        """Nearest instructions scored per row: the pool TSS++ picks from, else k."""
+        return max(self.k, self.hard_pool) if "tss++" in self.metrics and self.hard_pick == "likelihood" else self.k
+
+    def tss_pp_definition(self) -> str:
+        """What this run's TSS++ is, in words (printed by `ontask score`, kept in run.json)."""
+        picked = (f"the {self.k} most likely of the {self.hard_count} nearest instructions (embedding)"
+                  if self.hard_pick == "likelihood" else f"the {self.k} nearest instructions (embedding)")
+        quality = "no quality term" if self.quality == "none" else f"+ {self.lam} x z({self.quality})"
+        return f"z(TSS against {picked}), {quality}"
 
     @property
     def needs_empty(self) -> bool:

@@ -166,7 +166,7 @@ class Scoring:
             if self.embedder is None:
                 raise ValueError("hard alternatives need an embedder")
             emb = self.embedder.embed(self.pool.texts)
-            self.hard = hard_neighbours(emb, self.cfg.k, self.cfg.near_duplicate)
+            self.hard = hard_neighbours(emb, self.cfg.hard_count, self.cfg.near_duplicate)
         if "variants" in kinds:
             if self.variant_maker is None:
                 raise ValueError("variants alternatives need a VariantMaker (decomposer, composer, verifier)")
@@ -369,6 +369,10 @@ def run_score(
         "tss_pp_stats": (
             {"tss_hard_mean": tss_stats.mean, "tss_hard_std": tss_stats.std, "q_mean": q_stats.mean, "q_std": q_stats.std}
             if "tss++" in cfg.metrics else None
+        ),
+        "tss_pp_definition": (
+            {"definition": cfg.tss_pp_definition(), "hard_pick": cfg.hard_pick, "hard_pool": cfg.hard_count,
+             "k": cfg.k, "quality": cfg.quality, "lam": cfg.lam} if "tss++" in cfg.metrics else None
         ),
     }
     write_json_atomic(run.manifest, manifest)

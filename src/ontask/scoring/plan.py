@@ -94,17 +94,17 @@ def row_scores(plan: RowPlan, results: dict[PassRequest, PassOutcome], cfg: Scor
                    else "all are near duplicates" if kind == "hard" else "none could be written")
             raise RowFailed(f"no {kind} alternative instruction ({why})")
         lps = [_lp(results.get(req), f"{kind} alternative").mean_logprob for _, req in alts]
-        value = S.tss(lp_true, lps, cfg.aggregator)
-        top = max(range(len(lps)), key=lambda i: lps[i])
         if "tss" in cfg.metrics and kind == cfg.alternatives:
-            out["tss"] = value
-            out["tss_top_alt"] = alts[top][0]
+            nearest = lps[: cfg.k]  # hard: the k nearest (the list may hold TSS++'s larger pool)
+            out["tss"] = S.tss(lp_true, nearest, cfg.aggregator)
+            out["tss_top_alt"] = alts[max(range(len(nearest)), key=lambda i: nearest[i])][0]
         if "tss++" in cfg.metrics and kind == "hard":
-            out["tss_hard"] = value
+            picked = S.most_likely(lps, cfg.k) if cfg.hard_pick == "likelihood" else lps[: cfg.k]
+            out["tss_hard"] = S.tss(lp_true, picked, cfg.aggregator)
     if plan.variants is not None and plan.variants.constraints:
         out.update(constraint_scores(plan, lp_true, results, cfg))
     if "tss++" in cfg.metrics:
-        q = lp_true if cfg.quality == "lp" else 1.0 - out["ifd"]
+        q = 0.0 if cfg.quality == "none" else lp_true if cfg.quality == "lp" else 1.0 - out["ifd"]
         if not math.isfinite(q):
             raise RowFailed(f"quality term is not finite ({q})")
         out["_q"] = q

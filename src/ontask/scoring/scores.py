@@ -45,6 +45,13 @@ def tss(lp_true: float, lp_alternatives: Sequence[float], how: Aggregator = "log
     return lp_true - aggregate(lp_alternatives, how)
 
 
+def most_likely(lps: Sequence[float], k: int) -> list[float]:
+    """The k largest log-probs (ties: the earlier, i.e. nearer by embedding): the alternatives
+    under which the output is most likely, TSS++'s hard competitors."""
+    order = sorted(range(len(lps)), key=lambda i: (-lps[i], i))
+    return [lps[i] for i in order[:k]]
+
+
 class RunningStats:
     """Mean and population standard deviation in one pass (Welford), for z-scores."""
 
