@@ -361,3 +361,14 @@ def test_augment_batch_failures_are_resent_alone_then_recorded_with_the_provider
     failed = [json.loads(x) for x in (tmp_path / "run" / "failed.jsonl").read_text().splitlines()]
     reasons = [f["reason"] for f in failed if "batch:" in f["reason"]]
     assert reasons and all("server_error: injected failure inside the batch" in r and "3 batches" in r for r in reasons)
+
+
+def test_batch_without_a_server_role_is_refused_before_anything_loads():
+    from ontask.scoring.config import ScoreConfig
+    from ontask.tcia.config import AugmentConfig
+
+    with pytest.raises(ValueError, match="no role here is a server"):
+        ScoreConfig(batch=True)  # the embedded scorer: nothing to batch
+    with pytest.raises(ValueError, match="no role here is a server"):
+        AugmentConfig(batch=True)
+    assert ScoreConfig(batch=True, scorer="openai:x", base_url="http://127.0.0.1:9/v1").spec_for("scorer").batch

@@ -237,3 +237,28 @@ def test_batch_mode_gives_the_online_scores(server, tiny_dir, mode, tmp_path):
     for g, w in zip(got, want):
         if isinstance(w, PassResult):
             assert (g.sum_logprob, g.n_output, g.n_prompt) == (w.sum_logprob, w.n_output, w.n_prompt)
+
+
+def test_score_cli_batch_flag_sends_every_pass_as_a_batch(server, tiny_dir, tmp_path, monkeypatch):
+    """`ontask score --batch` with an openai: scorer: the same rows scored online and in
+    batch mode; no online completions request in the batch run; equal scores."""
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from ontask.cli.main import app
+
+    monkeypatch.setenv("ONTASK_CACHE_DIR", str(tmp_path / "usercache"))  # the scorer's batch log
+    rows = [{"instruction": r.user or "Say it.", "input": "", "output": r.output} for r in REQUESTS[:4]]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    common = ["score", str(src), "--metrics", "ppl", "--scorer", "openai:tiny", "--base-url", server.base_url,
+              "--model-option", f"scorer.template=hf:{tiny_dir}"]
+    online = CliRunner().invoke(app, [*common, "-o", str(tmp_path / "online.jsonl"), "--cache", str(tmp_path / "a.sqlite")])
+    assert online.exit_code == 0, online.output
+    before, batches = server.count(), server.count("/v1/batches")
+    batch = CliRunner().invoke(app, [*common, "--batch", "-o", str(tmp_path / "batch.jsonl"),
+                                     "--cache", str(tmp_path / "b.sqlite")])
+    assert batch.exit_code == 0, batch.output
+    assert server.count() == before and server.count("/v1/batches") == batches + 1
+    assert (tmp_path / "batch.jsonl").read_bytes() == (tmp_path / "online.jsonl").read_bytes()

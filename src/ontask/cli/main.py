@@ -89,6 +89,9 @@ def score(
     max_cost: Optional[float] = typer.Option(None, help="Stop once the scorer's spent cost reaches this many USD (needs "
                                              "its price: --model-option scorer.input_price=USD_PER_MILLION)."),
     batch_tokens: Optional[int] = typer.Option(None, help="Padded tokens per forward batch."),
+    batch: Optional[bool] = typer.Option(None, "--batch", help="An openai: scorer (and chat roles) through the "
+                                         "provider's batch API: about half the price, answered within hours; a "
+                                         "killed run resumes its batches."),
     decomposer: Optional[str] = typer.Option(None, help="variants: model that decomposes rows without base_query/constraints."),
     composer: Optional[str] = typer.Option(None, help="variants: model that writes an edited constraint set back as an instruction."),
     verifier: Optional[str] = typer.Option(None, help="variants: model that checks a written variant states its constraints."),
@@ -113,7 +116,7 @@ def score(
             aggregator=aggregator, lam=lam, quality=quality, hard_pick=hard_pick, hard_pool=hard_pool,
             scorer=scorer, base_url=base_url,
             embedder=embedder, columns=parse_columns(columns) if columns else None, seed=seed, limit=limit,
-            sample=sample, max_tokens_spent=max_tokens_spent, max_cost=max_cost, batch_tokens=batch_tokens, decomposer=decomposer, composer=composer, verifier=verifier, db=db, check=check,
+            sample=sample, max_tokens_spent=max_tokens_spent, max_cost=max_cost, batch_tokens=batch_tokens, batch=batch, decomposer=decomposer, composer=composer, verifier=verifier, db=db, check=check,
             engine=engine, ray_address=ray_address, workers=workers, model=model,
         )
         apply_model_options(flags, model_option, ScoreConfig.scoring_roles + ScoreConfig.chat_roles)

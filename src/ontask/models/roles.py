@@ -59,6 +59,10 @@ class RoleModels(BaseModel):
             if wrong:
                 kind = "chat" if _base(role) in self.chat_roles else "scoring"
                 raise ValueError(f"models.{role}: option(s) {', '.join(sorted(wrong))} do not apply to a {kind} role")
+        if getattr(self, "batch", False) and not any("batch" in provider_options(self.spec_for(r))
+                                                     for r in self.role_names()):
+            raise ValueError("batch: sends server models' requests through the provider's batch API, but no role "
+                             "here is a server (openai:) model")
         return self
 
     def check_models(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Iterator, Literal
+from typing import Any, Iterator, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -42,6 +42,8 @@ class ScoreConfig(RoleModels):
     batch_tokens: int = Field(2048, ge=64, description="padded tokens per forward batch")
     share_prefix: bool = True
     base_url: str | None = None
+    batch: bool = Field(False, description="server models (openai: scorer and chat roles) through the provider's "
+                                           "batch API (a role's own `batch` option wins)")
     columns: dict[str, str] | None = None
     limit: int | None = Field(None, ge=1, description="score only the first N rows (try a slice first)")
     sample: int | None = Field(None, ge=1, description="score N rows drawn at random (seeded by seed), in file order")
@@ -81,6 +83,9 @@ class ScoreConfig(RoleModels):
             raise ValueError("--max-cost needs the scorer's price: set models.scorer.input_price "
                              "(USD per million tokens) in the settings or --model-option scorer.input_price=X")
         return self
+
+    def role_defaults(self) -> dict[str, Any]:
+        return {"base_url": self.base_url, "batch": self.batch or None}
 
     def rows(self, path: str | os.PathLike, chunk_size: int = 1024) -> Iterator[list[Example | Failure]]:
         """The input's rows as this run reads them: every row, the first `limit`, or a `sample`."""
