@@ -28,6 +28,27 @@ def tiny_scorer(tiny_dir):
     return load_hf_scorer(tiny_dir)
 
 
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory):
+    """The embedded sentence embedder over a cache of its own (augment, streaming and batch tests)."""
+    from ontask.cache import ResultCache
+    from ontask.embed import load_embedder
+
+    return load_embedder("embedded", cache=ResultCache(tmp_path_factory.mktemp("emb") / "c.sqlite"))
+
+
+@pytest.fixture(scope="module")
+def db(embedder):
+    """The constraint database of the bundled demo constraints."""
+    import json
+    from importlib.resources import files
+
+    from ontask.tcia.database import build_database
+
+    text = (files("ontask") / "data" / "demo_constraints.jsonl").read_text(encoding="utf-8")
+    return build_database([json.loads(line) for line in text.splitlines() if line.strip()], embedder)
+
+
 @pytest.fixture()
 def cache(tmp_path):
     from ontask.cache import ResultCache

@@ -18,14 +18,11 @@ from collections import Counter
 from importlib.resources import files
 from pathlib import Path
 
-import pytest
 
 from ontask.cache import ResultCache
-from ontask.embed import load_embedder
 from ontask.tcia.config import AugmentConfig
-from ontask.tcia.database import build_database
 from ontask.tcia.pipeline import Roles, Seed, run_augment
-from ontask.tcia.sources import read_inputs, read_seeds
+from ontask.tcia.sources import read_inputs
 from ontask.testing.fake_server import FakeServer
 from ontask.testing.tcia_handler import tcia_chat_handler
 
@@ -36,16 +33,6 @@ SEED = ("Reply to the customer's message below as a Brightleaf Home support agen
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-@pytest.fixture(scope="module")
-def embedder(tmp_path_factory):
-    return load_embedder("embedded", cache=ResultCache(tmp_path_factory.mktemp("emb") / "c.sqlite"))
-
-
-@pytest.fixture(scope="module")
-def db(embedder):
-    return build_database(read_jsonl(DATA / "demo_constraints.jsonl"), embedder)
 
 
 def _config(base_url: str, **kw) -> AugmentConfig:

@@ -14,7 +14,6 @@ import json
 from importlib.resources import files
 from pathlib import Path
 
-import pytest
 
 from ontask.cache import ResultCache
 from ontask.models import ChatRequest
@@ -24,7 +23,7 @@ from ontask.tcia.pipeline import Roles, Seed, run_augment
 from ontask.tcia.sources import read_inputs
 from ontask.testing.fake_server import FakeError, FakeServer
 from ontask.testing.tcia_handler import tcia_chat_handler
-from test_augment import SEED, db, embedder, read_jsonl  # noqa: F401  (the same seed, database and fixtures)
+from test_augment import SEED, read_jsonl  # the same seed
 
 DATA = Path(str(files("ontask") / "data"))
 OUTPUTS = ("data.jsonl", "instructions.jsonl", "failed.jsonl")

@@ -15,7 +15,7 @@ import pytest
 
 from ontask.models.openai.batch import BatchClient, BatchLog, BatchSettings, run_batches, split, input_file
 from ontask.testing.fake_server import FakeServer
-from test_augment import DATA, SEED, db, embedder  # noqa: F401  (the same seed, inputs, database and fixtures)
+from test_augment import DATA, SEED  # the same seed and inputs
 
 FAST = BatchSettings(poll_initial=0.05, poll_max=0.2)
 ENDPOINT = "/v1/chat/completions"

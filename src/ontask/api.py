@@ -326,7 +326,7 @@ def run_batches_of(run_dir: str | os.PathLike, *, refresh: bool = False, cancel:
     """The provider batches a run recorded (`RUN_DIR/batches.jsonl`), each with its last known
     state; `refresh` asks each provider for the current state, `cancel` (a batch id or "all")
     cancels batches that have not ended. The key comes from `api_key` or the environment."""
-    from .models.openai.batch import TERMINAL, BatchLog, batch_client
+    from .models.openai.batch import TERMINAL, BatchLog, batch_client, batch_state
     from .models.transport.endpoint import resolve_api_key, run_sync
 
     path = Path(run_dir) / "batches.jsonl" if Path(run_dir).is_dir() else Path(run_dir)
@@ -346,8 +346,7 @@ def run_batches_of(run_dir: str | os.PathLike, *, refresh: bool = False, cancel:
             async with client.session() as http:
                 batch = await (client.cancel(http, rec["batch_id"]) if rec in wanted else
                                client.retrieve(http, rec["batch_id"]))
-            state = {"status": batch["status"], "output_file_id": batch.get("output_file_id"),
-                     "error_file_id": batch.get("error_file_id"), "request_counts": batch.get("request_counts")}
+            state = batch_state(batch)
             log.append({"event": "state", "batch_id": rec["batch_id"], **state})
             rec.update(state)
 

@@ -32,7 +32,7 @@ import torch
 from ..base import OnResults, PassOutcome, PassRequest, PassResult, fingerprint_of
 from ..local.tokenized import TokenizingScorer
 from ..local.weights import load_causal_lm, model_device
-from .fused import KERNELS, FusedBody, select_kernels
+from .fused import select_kernels
 
 MIN_SHARED_PREFIX = 8  # below this, sharing a prefix costs more than it saves
 HEAD_ROWS = 1024  # positions per vocabulary GEMM (bounds the [positions x vocab] buffer)

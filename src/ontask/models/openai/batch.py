@@ -37,12 +37,24 @@ from typing import Any, Callable
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
+from ...paths import user_cache_dir
+from ..transport.endpoint import public_url
 from ..transport.http import error_message
 from ..transport.retry import Failure, RetryPolicy, retry_after_seconds, retrying
 
 logger = logging.getLogger(__name__)
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled", "lost"})  # lost: unknown to the provider
 RETRYABLE_CODES = frozenset({"batch_expired", "server_error", "rate_limit_exceeded", "timeout"})
+
+
+def batch_settings(value: "BatchSettings | Mapping[str, Any] | None") -> "BatchSettings":
+    """Settings given as the model, a mapping of its fields, or nothing (the defaults)."""
+    return value if isinstance(value, BatchSettings) else BatchSettings(**(value or {}))
+
+
+def default_log(fingerprint: str) -> Path:
+    """Where a backend's batch log lives when no run folder holds it: the user cache, per backend."""
+    return user_cache_dir() / "batches" / f"{fingerprint}.jsonl"
 
 
 class BatchSettings(BaseModel):
@@ -66,7 +78,6 @@ class BatchOutcome:
 
     results: dict[str, Any] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
-    batches: list[str] = field(default_factory=list)
 
 
 class BatchLog:
@@ -274,13 +285,10 @@ def _error_words(error: Any, body: Any) -> tuple[Any, str]:
 
 async def run_batches(client: "BatchClient | FolderBatches", endpoint: str, requests: Mapping[str, Any], log: BatchLog,
                       settings: BatchSettings | None = None, *,
-                      on_answer: Callable[[str, Any], None] | None = None,
                       record: Mapping[str, Any] | None = None) -> BatchOutcome:
     """Every request answered or failed, through batches recorded in `log` (see the module doc).
 
-    `requests`: custom_id -> request body. `on_answer(custom_id, body)` is called as each
-    batch's answers are read (e.g. to commit them to a cache, so a later run does not ask
-    again). `record`: more fields for the log's "created" lines (e.g. the provider's address,
+    `requests`: custom_id -> request body. `record`: more fields for the log's "created" lines (e.g. the provider's address,
     the role), for `ontask batches` to show."""
     settings = settings or BatchSettings()
     outcome = BatchOutcome()
@@ -307,7 +315,6 @@ async def run_batches(client: "BatchClient | FolderBatches", endpoint: str, requ
                 return outcome
             batch_id, rec = await _next_ended(client, http, active, log, settings)
             del active[batch_id]
-            outcome.batches.append(batch_id)
             answers = None if rec["status"] == "lost" else await _answers(client, http, rec, log)
             if answers is None:  # lost: its requests never ran for us, so they go again, uncounted
                 for cid in rec["custom_ids"]:
@@ -321,8 +328,6 @@ async def run_batches(client: "BatchClient | FolderBatches", endpoint: str, requ
                 body, reason, passing = answers.get(cid, (None, f"missing from batch {batch_id}'s output", True))
                 if reason is None:
                     outcome.results[cid] = body
-                    if on_answer is not None:
-                        on_answer(cid, body)
                 elif passing and attempts.get(cid, 0) < settings.max_attempts and rec["status"] != "cancelled":
                     del latest[cid]  # sent again in the next batch
                 else:
@@ -363,8 +368,7 @@ async def _next_ended(client: BatchClient, http: aiohttp.ClientSession, active: 
                 log.append({"event": "state", "batch_id": batch_id, "status": "lost"})
                 rec["status"] = "lost"
                 return batch_id, rec
-            state = {"status": batch["status"], "output_file_id": batch.get("output_file_id"),
-                     "error_file_id": batch.get("error_file_id"), "request_counts": batch.get("request_counts")}
+            state = batch_state(batch)
             if state["status"] != rec["status"] or batch["status"] in TERMINAL:
                 log.append({"event": "state", "batch_id": batch_id, **state})
             rec.update(state)
@@ -372,6 +376,12 @@ async def _next_ended(client: BatchClient, http: aiohttp.ClientSession, active: 
                 return batch_id, rec
         await asyncio.sleep(wait)
         wait = min(settings.poll_max, wait * settings.poll_factor)
+
+
+def batch_state(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """What the log keeps of a provider's batch object: its status, files and counts."""
+    return {"status": batch["status"], "output_file_id": batch.get("output_file_id"),
+            "error_file_id": batch.get("error_file_id"), "request_counts": batch.get("request_counts")}
 
 
 async def _answers(client: BatchClient, http: aiohttp.ClientSession, rec: dict[str, Any],
@@ -417,6 +427,14 @@ class Batcher:
         self.client, self.endpoint, self.log, self.settings, self.record = client, endpoint, log, settings, record
         self.pending: dict[str, tuple[Any, list[asyncio.Future]]] = {}
         self.flushing: asyncio.Task | None = None
+
+    @classmethod
+    def for_server(cls, base_url: str, api_key: str, endpoint: str, model: str, log: str | os.PathLike,
+                   settings: BatchSettings, *, timeout: float, retry: RetryPolicy) -> "Batcher":
+        """The batcher of one served model (chat or scoring): its provider (HTTP or a folder),
+        its log, and the provider's address and model recorded with each batch."""
+        return cls(batch_client(base_url, api_key, timeout=timeout, retry=retry), endpoint, BatchLog(log), settings,
+                   record={"provider": public_url(base_url), "model": model})
 
     async def send(self, body: Any) -> bytes:
         cid = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:40]

@@ -47,9 +47,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Literal, Sequence
 import aiohttp
 from pydantic import BaseModel
 
-from ...paths import user_cache_dir
 from ..transport.endpoint import public_url, resolve_api_key, resolve_base_url, run_sync, scrub_key
-from .batch import Batcher, BatchFailure, BatchLog, BatchSettings, batch_client
+from .batch import Batcher, BatchFailure, default_log
+from .batch import batch_settings as to_batch_settings
 from ..base import (
     ChatOutcome,
     ChatRequest,
@@ -131,9 +131,8 @@ class OpenAIChatGenerator:
         # batch API (batch.py) instead of one request each; the answers are the same, so the
         # fingerprint (and the cache) is too. The log of batches lives beside the result cache.
         self.batch = bool(batch)
-        self.batch_settings = batch_settings if isinstance(batch_settings, BatchSettings) \
-            else BatchSettings(**(batch_settings or {}))
-        self.batch_log = Path(batch_log) if batch_log else user_cache_dir() / "batches" / f"{self._fingerprint}.jsonl"
+        self.batch_settings = to_batch_settings(batch_settings)
+        self.batch_log = Path(batch_log) if batch_log else default_log(self._fingerprint)
 
     # -- identity -----------------------------------------------------------------------
     @property
@@ -199,9 +198,8 @@ class OpenAIChatGenerator:
                      self._batcher() if self.batch else None)
 
     def _batcher(self) -> Batcher:
-        return Batcher(batch_client(self.base_url, self._api_key, timeout=self.timeout, retry=self.retry),
-                       "/v1/chat/completions", BatchLog(self.batch_log), self.batch_settings,
-                       record={"provider": public_url(self.base_url), "model": self.model})
+        return Batcher.for_server(self.base_url, self._api_key, "/v1/chat/completions", self.model, self.batch_log,
+                                  self.batch_settings, timeout=self.timeout, retry=self.retry)
 
     async def _run_all(self, requests: list[Any], one: Callable[..., Awaitable[Any]],
                        on_result: Callable[[int, Any], None] | None, shared: "_Call | None" = None) -> list[Any]:

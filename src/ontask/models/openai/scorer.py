@@ -45,8 +45,8 @@ from ..transport.endpoint import public_url, resolve_api_key, resolve_base_url, 
 from ..transport.http import HTTPStatusError, TimedOut, Unreachable, post_json, post_json_sync, session
 from ..local.templates import SplicedTemplate, gguf_template, jinja_env, template_text
 from ..local.tokenized import split_pass
-from ...paths import user_cache_dir
-from .batch import Batcher, BatchFailure, BatchLog, BatchSettings, batch_client
+from .batch import Batcher, BatchFailure, BatchSettings, default_log
+from .batch import batch_settings as to_batch_settings
 
 MODES = ("echo", "prompt_logprobs")
 
@@ -125,9 +125,8 @@ class ServerScorer:
         # Batch mode: every pass's completions request through the provider's batch API
         # (batch.py), answered and read exactly as online; same answers, same fingerprint.
         self.batch = bool(batch)
-        self.batch_settings = batch_settings if isinstance(batch_settings, BatchSettings) \
-            else BatchSettings(**(batch_settings or {}))
-        self.batch_log = Path(batch_log) if batch_log else user_cache_dir() / "batches" / f"{self._fingerprint}.jsonl"
+        self.batch_settings = to_batch_settings(batch_settings)
+        self.batch_log = Path(batch_log) if batch_log else default_log(self._fingerprint)
         self._batcher: Batcher | None = None
 
     # -- identity -----------------------------------------------------------------------
@@ -257,9 +256,8 @@ class ServerScorer:
         # retry policy's and rate control sees every 429.
         client = session(self._api_key, self.concurrency)
         control = RateController(self.rate, self.concurrency, self.rate_state)
-        self._batcher = Batcher(batch_client(self.base_url, self._api_key, timeout=self.timeout, retry=self.retry),
-                                "/v1/completions", BatchLog(self.batch_log), self.batch_settings,
-                                record={"provider": public_url(self.base_url), "model": self.model}) \
+        self._batcher = Batcher.for_server(self.base_url, self._api_key, "/v1/completions", self.model, self.batch_log,
+                                           self.batch_settings, timeout=self.timeout, retry=self.retry) \
             if self.batch else None
 
         async def one(i: int, req: PassRequest) -> PassOutcome:
