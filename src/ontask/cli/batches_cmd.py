@@ -21,7 +21,7 @@ def batches_cmd(
     try:
         records = api.run_batches_of(run_dir, refresh=refresh, cancel=cancel)
     except (FileNotFoundError, ValueError) as err:
-        Console(stderr=True).print(f"[red]error:[/] {err}")
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {err}")  # never hard-wrapped mid-word
         raise typer.Exit(2) from None
     table = Table(title=f"batches of {run_dir}")
     for col in ("batch", "state", "requests", "answered", "failed", "created", "provider"):
