@@ -70,3 +70,24 @@ def shared(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not present")
     return path
+
+
+@pytest.fixture(scope="session")
+def qwen_dir(tmp_path_factory, tiny_dir):
+    """A tiny random Qwen2 (attention biases, 4 query heads over 2 KV heads) on the tiny tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    torch.manual_seed(1)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      rope_theta=10000.0, tie_word_embeddings=True, pad_token_id=tok.pad_token_id)
+    model = Qwen2ForCausalLM(cfg).float()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    out = tmp_path_factory.mktemp("qwen") / "model"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -19,26 +19,6 @@ REQUESTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def qwen_dir(tmp_path_factory, tiny_dir):
-    """A tiny random Qwen2 (attention biases, 4 query heads over 2 KV heads) on the tiny tokenizer."""
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(tiny_dir)
-    torch.manual_seed(1)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      rope_theta=10000.0, tie_word_embeddings=True, pad_token_id=tok.pad_token_id)
-    model = Qwen2ForCausalLM(cfg).float()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.3)
-    out = tmp_path_factory.mktemp("qwen") / "model"
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 def _reference(model, tokenizer, scorer: HFScorer, req: PassRequest) -> float:
     """Summed log-prob of the output tokens under a float64 copy of the model."""
     ids, start = scorer.encode(req)
@@ -107,14 +87,15 @@ def test_kernels_and_gemm_are_checked_spec_options():
 def test_choice_probabilities_through_the_fused_forward_match_eager(tiny_scorer):
     """The generator's choice_probs (the judges' one forward pass) runs the fused forward on
     the CPU: next-token probabilities agree with transformers' forward to float32 rounding,
-    and the scorer and generator of one model share one fused copy of the weights."""
+    and the scorer and generator of one model share one fused copy of the weights per GEMM path."""
     from ontask.models.hf.generator import HFGenerator
 
     model, tok = tiny_scorer.model, tiny_scorer.tokenizer
     fused = HFGenerator(model, tok, name="t", identity={}, kernels="auto")
     eager = HFGenerator(model, tok, name="t", identity={}, kernels="eager")
     assert fused.describe()["kernels"].startswith("fused") and eager.describe()["kernels"].startswith("eager")
-    assert fused._fused is HFScorer(model, tok, name="t", identity={})._fused  # one copy per model
+    path = fused._fused.gemm
+    assert fused._fused is HFScorer(model, tok, name="t", identity={}, gemm=path)._fused  # one copy per path
     seqs = [tok(f"<|im_start|>user\nRate answer {i} from one to five, please.<|im_end|>\n" * (i + 1))["input_ids"]
             for i in range(4)]  # different lengths: right padding, each row's own last position
     a, b = fused._next_token_probs(seqs), eager._next_token_probs(seqs)

@@ -116,42 +116,67 @@ class FusedBody:
         scale = torch.linalg.vector_norm(x, dim=-1, keepdim=True).div_(x.shape[-1] ** 0.5)
         return x / scale.square_().add_(self.eps).sqrt_()
 
+    def rotation(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Rotary's rotation per position as complex numbers, [rows or 1, n, 1, d/2]."""
+        cos, sin = self.rotary(x, positions)
+        half = self.head_dim // 2
+        return torch.complex(cos[..., :half], sin[..., :half])[:, :, None]
+
+    def block(self, x: torch.Tensor, layer: int, turn: torch.Tensor, attend: Any) -> torch.Tensor:
+        """One decoder layer on the residual stream `x` [b, n, hidden] (updated in place).
+
+        `attend(layer, q, k, v, scale)` gets q [b, h, n, d] and this call's k, v [b, kvh, n, d]
+        (after rotary) and returns the attention output [b, h, n, d]: how keys are kept and
+        masked is the caller's (a scoring batch, a decoding cache)."""
+        qkv, o, gate_up, down, scale = self.layers[layer]
+        b, n = x.shape[:2]
+        h, kvh, d = self.heads, self.kv_heads, self.head_dim
+        y = qkv(self._norm(x))  # [b, n, (h + 2 kvh) d]
+        qk = y[..., : (h + kvh) * d].unflatten(-1, (h + kvh, d // 2, 2))
+        torch.view_as_complex(qk).mul_(turn)  # rotary, in place
+        q = y[..., : h * d].unflatten(-1, (h, d)).transpose(1, 2)
+        k = y[..., h * d : (h + kvh) * d].unflatten(-1, (kvh, d)).transpose(1, 2)
+        v = y[..., (h + kvh) * d :].unflatten(-1, (kvh, d)).transpose(1, 2)
+        a = attend(layer, q, k, v, scale)
+        x = o(a.transpose(1, 2).reshape(b, n, h * d), residual=x)
+        g = gate_up(self._norm(x))
+        half = g.shape[-1] // 2
+        return down(F.silu(g[..., :half]).mul_(g[..., half:]), residual=x)
+
+    def final(self, x: torch.Tensor) -> torch.Tensor:
+        """The last norm, weight included: what the vocabulary head reads."""
+        return self._norm(x).mul_(self.final_norm)
+
     def _run(self, ids: torch.Tensor, prefix: KV | None, keep: KV | None) -> torch.Tensor:
         b, n = ids.shape
         start = prefix[0][0].shape[2] if prefix else 0
-        h, kvh, d = self.heads, self.kv_heads, self.head_dim
-        x = self.embed(ids)
-        cos, sin = self.rotary(x, torch.arange(start, start + n)[None])
-        turn = torch.complex(cos[..., : d // 2], sin[..., : d // 2])[:, :, None]  # [1, n, 1, d/2]
+        gqa = self.kv_heads != self.heads
         mask = torch.ones(n, start + n, dtype=torch.bool).tril_(start) if prefix else None
-        for li, (qkv, o, gate_up, down, scale) in enumerate(self.layers):
-            y = qkv(self._norm(x))  # [b, n, (h + 2 kvh) d]
-            qk = y[..., : (h + kvh) * d].unflatten(-1, (h + kvh, d // 2, 2))
-            torch.view_as_complex(qk).mul_(turn)  # rotary, in place
-            q = y[..., : h * d].unflatten(-1, (h, d)).transpose(1, 2)
-            k = y[..., h * d : (h + kvh) * d].unflatten(-1, (kvh, d)).transpose(1, 2)
-            v = y[..., (h + kvh) * d :].unflatten(-1, (kvh, d)).transpose(1, 2)
+
+        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
             if keep is not None:
                 keep.append((k, v))
             if prefix:
-                pk, pv = prefix[li]
+                pk, pv = prefix[layer]
                 k = torch.cat([pk.expand(b, -1, -1, -1), k], dim=2)
                 v = torch.cat([pv.expand(b, -1, -1, -1), v], dim=2)
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale,
-                                               enable_gqa=kvh != h)
-            x = o(a.transpose(1, 2).reshape(b, n, h * d), residual=x)
-            g = gate_up(self._norm(x))
-            half = g.shape[-1] // 2
-            x = down(F.silu(g[..., :half]).mul_(g[..., half:]), residual=x)
-        return self._norm(x).mul_(self.final_norm)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale,
+                                                  enable_gqa=gqa)
+
+        x = self.embed(ids)
+        turn = self.rotation(x, torch.arange(start, start + n)[None])
+        for layer in range(len(self.layers)):
+            x = self.block(x, layer, turn, attend)
+        return self.final(x)
 
 
-def select_kernels(model: Any, kernels: str, gemm: str) -> tuple[FusedBody | None, str]:
+def select_kernels(model: Any, kernels: str, gemm: str, *, decoding: bool = False) -> tuple[FusedBody | None, str]:
     """The fused body where it applies (`auto`), is demanded (`fused`, else an error saying
-    why it cannot), or none (`eager`); and what runs, in words, for run.json."""
+    why it cannot), or none (`eager`); and what runs, in words, for run.json. `decoding`:
+    for a generator, whose products are mostly a few rows (`gemm.pick_gemm`)."""
     if kernels not in KERNELS:
         raise ValueError(f"unknown kernels '{kernels}': use {', '.join(KERNELS)}")
-    path = pick_gemm(gemm)
+    path = pick_gemm(gemm, decoding=decoding)
     if kernels == "eager":
         return None, "eager (transformers)"
     why_not = supports(model)

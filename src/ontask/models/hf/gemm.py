@@ -1,8 +1,8 @@
 """The exact fp32 GEMM paths torch offers on a CPU, and which one a CPU should use.
 
 - `default`: torch's linear, which calls MKL's SGEMM (torch's x86 wheels are built with
-  MKL). On Intel CPUs this is the fastest exact path on the scorer's shapes (measured by
-  `benchmarks/bench_scoring.py`, which times every path on the model's own shapes).
+  MKL); for torch builds without oneDNN. `benchmarks/bench_scoring.py` times every path
+  on the model's own shapes.
 - `onednn`: oneDNN's linear on weights reordered once into its blocked layout, residual
   add fused. Its kernels follow oneDNN's own CPU dispatch, which is what AMD CPUs need:
   there MKL dispatches a generic, much slower SGEMM (measured on a Zen 5 with AVX-512:
@@ -11,8 +11,19 @@
 MKL's packed GEMM (`_mkl_linear`) is left out: torch uses the packed weights only when the
 row count equals the one they were packed for, and scoring batches vary in rows.
 
-`pick_gemm` follows the CPU's vendor, a fact of the machine, so the choice (and every
-float) is the same on every run there; a timing-based pick could flip between runs.
+`pick_gemm` follows facts of the machine and of the use, not a start-up timing, so the
+choice (and every float) is the same on every run there:
+- many-row products (scoring): the default on Intel CPUs, oneDNN elsewhere. On Intel the
+  two tie on speed (Xeon with AVX-512 and AMX, 2 cores, the scorer's shapes: 433 vs 434
+  GFLOP/s flop-weighted; 948-954 vs 954-959 tokens/s end to end), and MKL's rounding is
+  the one the exactness tests were held to (SmolLM2 against float64, 8 passes: at most
+  7.2e-5 per pass through MKL, 1.0e-4 through oneDNN: luck of rounding, but at the bound);
+- decoding (`decoding=True`): oneDNN wherever torch has it. A step multiplies a few rows
+  by every weight; MKL repacks each weight on every call and streams them at about half
+  the memory bandwidth, where oneDNN's prepacked weights do better (same Xeon, 8 rows:
+  gate+up 8.1 -> 12.5 GB/s, the vocabulary head 6.7 -> 18.1 GB/s; a decoding step of
+  SmolLM2-135M 80 -> 62 ms). A model that both scores and generates in one process then
+  holds one fused copy of its weights per path.
 """
 
 from __future__ import annotations
@@ -43,10 +54,13 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def pick_gemm(choice: str = "auto") -> str:
-    """`choice`, checked; `auto`: the default (MKL) on Intel, oneDNN on other CPUs when present."""
+def pick_gemm(choice: str = "auto", *, decoding: bool = False) -> str:
+    """`choice`, checked; `auto`: oneDNN where torch has it, except for scoring on Intel CPUs
+    (the default there), as the module's notes say why."""
     if choice == "auto":
-        return "default" if cpu_vendor() == "GenuineIntel" or not onednn_available() else "onednn"
+        if not onednn_available() or (cpu_vendor() == "GenuineIntel" and not decoding):
+            return "default"
+        return "onednn"
     if choice not in PATHS:
         raise ValueError(f"unknown gemm '{choice}': use auto, {', '.join(PATHS)}")
     if choice == "onednn" and not onednn_available():
@@ -62,10 +76,12 @@ class Linear:
     saves a copy of it per GEMM."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, path: str) -> None:
-        self.path, self.weight, self.bias = path, weight.detach().contiguous(), bias
+        self.path, self.bias = path, bias
         self.out = weight.shape[0]
-        if path == "onednn":
+        self.weight: torch.Tensor | None = weight.detach().contiguous()
+        if path == "onednn":  # only the packed copy is read: the plain one is not kept
             self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
+            self.weight = None
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])

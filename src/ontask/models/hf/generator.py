@@ -38,8 +38,11 @@ answer cut off at `max_tokens` is a `GenError`, never a partial object.
 
 How it is fast: prompts are rendered with the tokenizer's chat template, grouped by
 (response model, max_tokens, temperature), sorted by length and generated in left-padded
-batches with the KV cache (`model.generate`); `choice_probs` runs one right-padded forward
-pass per batch and projects only each prompt's last position onto the vocabulary.
+batches with a KV cache. On the CPU in fp32, Llama-family models decode with the fused
+forward and a cache allocated once (`decode.py`: transformers' greedy loop, step for step,
+on oneDNN's prepacked weights); elsewhere `model.generate` runs. `choice_probs` runs one
+right-padded forward pass per batch and projects only each prompt's last position onto
+the vocabulary.
 Sampling (temperature > 0) draws each row from its own generator seeded by the request's
 seed, so an answer does not depend on which other requests share its batch. Measured with
 SmolLM2-135M on 2 cores (the prompts above, up to 128 new tokens): 14.6 tok/s at batch 1
@@ -61,7 +64,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from ..base import (
     ChatOutcome,
@@ -80,6 +83,7 @@ from ..structured import StructuredError, parse_structured
 from ..local.grammar import Constraints, RowControl, quote
 from ..local.prompts import ChatTemplatePrompts
 from ..local.weights import load_causal_lm, model_device
+from .decode import FusedDecoder
 from .fused import select_kernels
 
 log = logging.getLogger(__name__)
@@ -147,10 +151,11 @@ class HFGenerator(ChatTemplatePrompts):
         self._stop_ids = _stop_ids(model, tokenizer)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._stop_ids[0]
         self._vocab = int(model.get_output_embeddings().weight.shape[0])
-        # choice_probs is a forward pass like scoring: on the CPU in fp32 it runs the scorer's
-        # fused forward (shared weights); generation itself stays transformers' generate
-        self._fused, self.kernels = select_kernels(model, kernels, gemm)
+        # On the CPU in fp32, Llama-family models decode with the fused forward and a cache
+        # allocated once (`decode.py`), and choice_probs runs it as the scorer does.
+        self._fused, self.kernels = select_kernels(model, kernels, gemm, decoding=True)
         self._softcap = getattr(model.config, "final_logit_softcapping", None)
+        self._decoder = FusedDecoder(self._fused, model.get_output_embeddings(), self._softcap) if self._fused else None
         self._constraints: Constraints | None = None
         self._choice_cache: dict[tuple[str, ...], tuple[int, ...]] = {}
         # Applied to free-text answers only (a JSON answer's grammar already bounds it):
@@ -256,8 +261,23 @@ class HFGenerator(ChatTemplatePrompts):
             matchers=matchers,
             stop_ids=self._stop_ids,
         )
+        penalty = self.repetition_penalty if reqs[0].response_model is None else 1.0
+        if self._decoder is not None:  # the fused loop: transformers' greedy loop, step for step
+            processors = [RepetitionPenaltyLogitsProcessor(penalty)] if penalty != 1.0 else []
+            out = self._decoder.generate(ids, mask, max_new_tokens=max(p.budget for p in batch),
+                                         processors=LogitsProcessorList([*processors, control]),
+                                         stop_ids=self._stop_ids, pad_id=self._pad_id)
+        else:
+            out = self._generate(ids, mask, max(p.budget for p in batch), penalty, control)
+        new = out[:, width:].tolist()
+        return [self._chat_outcome(r, p, row, control, b) for b, (r, p, row) in enumerate(zip(reqs, batch, new, strict=True))]
+
+    def _generate(self, ids: torch.Tensor, mask: torch.Tensor, max_new: int, penalty: float,
+                  control: RowControl) -> torch.Tensor:
+        """transformers' `generate`, greedy (RowControl samples where asked): GPUs, other dtypes
+        and the families the fused forward does not cover."""
         config = GenerationConfig(
-            max_new_tokens=max(p.budget for p in batch),
+            max_new_tokens=max_new,
             do_sample=False,  # RowControl samples itself where temperature > 0
             num_beams=1,
             eos_token_id=list(self._stop_ids),
@@ -265,17 +285,12 @@ class HFGenerator(ChatTemplatePrompts):
             use_cache=True,
             # Neutral values, so a checkpoint's generation_config.json (sampling settings, a
             # repetition penalty) neither changes the answers nor warns: filled in only where None.
-            min_length=0, no_repeat_ngram_size=0,
-            repetition_penalty=self.repetition_penalty if reqs[0].response_model is None else 1.0,
+            min_length=0, no_repeat_ngram_size=0, repetition_penalty=penalty,
             temperature=1.0, top_k=50, top_p=1.0, typical_p=1.0,
         )
         with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=ids, attention_mask=mask, generation_config=config,
-                logits_processor=LogitsProcessorList([control]),
-            )
-        new = out[:, width:].tolist()
-        return [self._chat_outcome(r, p, row, control, b) for b, (r, p, row) in enumerate(zip(reqs, batch, new, strict=True))]
+            return self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                       logits_processor=LogitsProcessorList([control]))
 
     def _chat_outcome(self, req: ChatRequest, prompt: _Prompt, row: list[int], control: RowControl, b: int) -> ChatOutcome:
         stop_at = next((k for k, t in enumerate(row) if t in self._stop_ids), None)
