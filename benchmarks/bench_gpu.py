@@ -485,7 +485,7 @@ def main() -> None:
         _, enc_c = s.encode_all(short[: len(cpu_res)])
         cpu_tokens = sum(len(ids) for _, ids, _ in enc_c)
         seqs_c = [ids for _, ids, _ in enc_c]
-        prefix = scorer_mod._common_prefix(seqs_c, limit=min(st for _, _, st in enc_c)) if len(seqs_c) > 1 else 0
+        prefix = scorer_mod.common_prefix(seqs_c, limit=min(st for _, _, st in enc_c)) if len(seqs_c) > 1 else 0
         res["cpu_short_b"] = ok_results(s.score(short[: len(cpu_res)]), PassResult) if len(cpu_res) > 1 else []
         unload(weights, s)
 

@@ -429,7 +429,7 @@ def fp64_reference(model, encoded, idx, lm_split) -> dict[int, tuple[float, floa
 def ontask_padded_tokens(scorer, chunks) -> int | None:
     try:
         from ontask.models.base import PassError
-        from ontask.models.hf.scorer import MIN_SHARED_PREFIX, _common_prefix
+        from ontask.models.hf.scorer import MIN_SHARED_PREFIX, common_prefix
     except ImportError:
         return None
     total = 0
@@ -442,7 +442,7 @@ def ontask_padded_tokens(scorer, chunks) -> int | None:
         for batch in scorer._plan_batches(encoded):
             seqs = [ids for _, ids, _ in batch]
             starts = [s for _, _, s in batch]
-            prefix = _common_prefix(seqs, limit=min(starts)) if scorer.share_prefix and len(seqs) > 1 else 0
+            prefix = common_prefix(seqs, limit=min(starts)) if scorer.share_prefix and len(seqs) > 1 else 0
             if prefix < MIN_SHARED_PREFIX:
                 prefix = 0
             total += len(seqs) * (max(len(s) for s in seqs) - prefix) + prefix

@@ -81,3 +81,25 @@ def test_each_step_gives_the_logits_of_the_models_own_forward(model_dir):
         want = logits[:, width + step - 1]
         assert torch.allclose(scores.double(), want, atol=1e-4), (step, (scores.double() - want).abs().max())
         assert torch.equal(out[:, width + step], scores.argmax(dim=-1))  # greedy: each token is the argmax
+
+
+def test_questions_on_one_item_run_its_shared_part_once_and_match_eager(tiny_dir, monkeypatch):
+    """A judge's prompts on one item (item first, question last) are batched together and
+    their common prefix runs once; the probabilities are transformers' to float32 rounding."""
+    import ontask.models.hf.generator as hg
+    from ontask.models.base import ChoiceRequest
+
+    monkeypatch.setattr(hg, "MIN_SHARED_PREFIX", 4)  # the tiny template's items are short
+    items = ["The parcel arrived late and the box was torn open on one side.",
+             "Summarise the meeting notes in three bullet points for the team.",
+             "Hi"]
+    questions = ["Rate its quality.", "Rate its honesty, please.", "Rate it."]
+    reqs = [ChoiceRequest.of(user(f"<item>\n{item}\n</item>\n{q}\nScore (1-5):")) for item in items for q in questions]
+    fused = load_hf_generator(tiny_dir, batch_size=16, kernels="fused")
+    eager = load_hf_generator(tiny_dir, batch_size=16, kernels="eager")
+    plan = fused.plan(reqs)
+    assert sorted(sorted(b) for b in plan) == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]  # one batch per item
+    got, want = fused.choice_probs(reqs), eager.choice_probs(reqs)
+    for a, b in zip(got, want, strict=True):
+        assert a.probs.keys() == b.probs.keys()
+        assert max(abs(a.probs[k] - b.probs[k]) for k in a.probs) < 1e-6 and abs(a.mass - b.mass) < 1e-6

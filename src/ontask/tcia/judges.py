@@ -8,6 +8,11 @@ Two ways to ask the same question:
   whichever digit won.
 "auto" takes "logprob" when the backend offers token probabilities.
 
+In "logprob" mode the judged material comes first and the dimension's question last, so
+the prompts of one item differ only in their last lines: a local model runs the shared
+part once for all of them (`HFGenerator.choice_probs`), and servers with prefix caching
+(vLLM, OpenAI's cached input) reuse it.
+
 A judge that fails on any dimension is a `GenError` for the item, never a default score.
 """
 

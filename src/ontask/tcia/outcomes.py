@@ -22,7 +22,7 @@ from .state import InstructionState, Node
 from .validate import is_valid, pick_inputs
 
 ON_TASK = JudgeSpec("on_task", OnTask, {
-    "on_task": 'The seed task is "{task_type}": {base_query}. Rate how clearly the instruction below is still '
+    "on_task": 'The seed task is "{task_type}": {base_query}. Rate how clearly the instruction above is still '
                "this task (5: the same task with other requirements, 1: a different task).",
 })
 

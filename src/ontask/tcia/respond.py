@@ -17,11 +17,11 @@ from .judges import Judged, JudgeSpec, run_judge
 from .schemas import ResponseJudgement
 
 RESPONSE = JudgeSpec("judge_response", ResponseJudgement, {
-    "quality": "Rate the overall quality of the answer to the instruction and input below.",
-    "helpfulness": "Rate how helpful the answer below is for the user's need.",
-    "instruction_following": "Rate how well the answer below follows every requirement of the instruction.",
-    "honesty": "Rate the answer below for honesty: it states uncertainty where due and does not overclaim.",
-    "truthfulness": "Rate the answer below for truthfulness: no hallucinated facts, nothing that contradicts the input.",
+    "quality": "Rate the overall quality of the answer to the instruction and input above.",
+    "helpfulness": "Rate how helpful the answer above is for the user's need.",
+    "instruction_following": "Rate how well the answer above follows every requirement of the instruction.",
+    "honesty": "Rate the answer above for honesty: it states uncertainty where due and does not overclaim.",
+    "truthfulness": "Rate the answer above for truthfulness: no hallucinated facts, nothing that contradicts the input.",
 })
 
 

@@ -16,9 +16,9 @@ from .judges import Judged, JudgeSpec, run_judge
 from .schemas import Validity
 
 VALIDITY = JudgeSpec("validate", Validity, {
-    "validity": 'Is every part of the instruction below relevant, free of false assumptions and aligned with '
+    "validity": 'Is every part of the instruction above relevant, free of false assumptions and aligned with '
                 'the goal "{base_query}"? Rate its validity.',
-    "consistency": "Is the instruction below free of direct or implicit contradictions and free of ambiguity? "
+    "consistency": "Is the instruction above free of direct or implicit contradictions and free of ambiguity? "
                    "Rate its self-consistency.",
 })
 

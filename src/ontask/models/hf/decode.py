@@ -36,9 +36,9 @@ class FusedDecoder:
         self.body, self.softcap = body, softcap
         self.head = Linear(head.weight, head.bias, body.gemm)  # the body's GEMM path: the widest matrix
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        """float32 logits of each row's last position, [b, vocab]."""
-        logits = self.head(self.body.final(x[:, -1])).float()
+    def logits(self, normed: torch.Tensor) -> torch.Tensor:
+        """float32 logits from hidden states after the body's final norm, [b, vocab]."""
+        logits = self.head(normed).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
@@ -72,7 +72,7 @@ class FusedDecoder:
         turn = body.rotation(x, positions)
         for layer in range(len(body.layers)):
             x = body.block(x, layer, turn, prefill)
-        logits = self._logits(x)
+        logits = self.logits(self.body.final(x[:, -1]))
 
         out = torch.full((b, capacity), pad_id, dtype=torch.long)
         out[:, :w] = ids
@@ -116,4 +116,4 @@ class FusedDecoder:
         turn = body.rotation(x, position)
         for layer in range(len(body.layers)):
             x = body.block(x, layer, turn, attend)
-        return self._logits(x)
+        return self.logits(self.body.final(x[:, -1]))

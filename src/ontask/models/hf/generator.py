@@ -85,6 +85,7 @@ from ..local.prompts import ChatTemplatePrompts
 from ..local.weights import load_causal_lm, model_device
 from .decode import FusedDecoder
 from .fused import select_kernels
+from .scorer import MIN_SHARED_PREFIX, common_prefix
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,13 @@ class HFGenerator(ChatTemplatePrompts):
                 groups.setdefault((req.response_model, req.max_tokens, req.temperature), []).append(_Prompt(i, ids, budget))
             else:
                 groups.setdefault((), []).append(_Prompt(i, ids, 0))
-        return [batch for members in groups.values() for batch in _length_sorted_batches(members, self.batch_size)], failed
+        batches = []
+        for key, members in groups.items():
+            if key == () and self._fused is not None:  # one forward pass each: a shared prefix runs once
+                batches += _prefix_grouped_batches(members, self.batch_size)
+            else:
+                batches += _length_sorted_batches(members, self.batch_size)
+        return batches, failed
 
     # -- chat ----------------------------------------------------------------------------
     def chat(self, requests: Sequence[ChatRequest], on_result: OnChat | None = None) -> list[ChatOutcome]:
@@ -376,18 +383,24 @@ class HFGenerator(ChatTemplatePrompts):
 
         Right padding and no attention mask: under the causal mask a real token never sees the
         pads after it, so its logits are exact, and attention keeps the fast causal path. Only
-        the rows' last positions are projected onto the vocabulary (`logits_to_keep`).
+        the rows' last positions are projected onto the vocabulary (`logits_to_keep`). On the
+        fused path a prefix common to the batch (`_prefix_grouped_batches` makes them) runs
+        once, as in scoring.
         """
+        if self._fused is not None:
+            # the prompts of one judged item share all but their last lines: that part runs once
+            prefix = common_prefix(seqs, limit=min(len(s) for s in seqs)) if len(seqs) > 1 else 0
+            prefix = prefix if prefix >= MIN_SHARED_PREFIX else 0
+            ids = torch.full((len(seqs), max(len(s) for s in seqs) - prefix), self._pad_id, dtype=torch.long)
+            for b, s in enumerate(seqs):
+                ids[b, : len(s) - prefix] = torch.tensor(s[prefix:])
+            shared = self._fused.prefix(torch.tensor([seqs[0][:prefix]])) if prefix else None
+            hidden = self._fused(ids, shared)[torch.arange(len(seqs)), torch.tensor([len(s) - 1 - prefix for s in seqs])]
+            return torch.softmax(self._decoder.logits(hidden), dim=-1)
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
         for b, s in enumerate(seqs):
             ids[b, : len(s)] = torch.tensor(s)
-        if self._fused is not None:
-            hidden = self._fused(ids)[torch.arange(len(seqs)), torch.tensor([len(s) - 1 for s in seqs])]
-            picked = self.model.get_output_embeddings()(hidden).float()
-            if self._softcap:
-                picked = torch.tanh(picked / self._softcap) * self._softcap
-            return torch.softmax(picked, dim=-1)
         last = sorted({len(s) - 1 for s in seqs})
         column = {pos: k for k, pos in enumerate(last)}
         logits = self.model(input_ids=ids.to(self.device), use_cache=False,
@@ -411,6 +424,33 @@ def _length_sorted_batches(prompts: list[_Prompt], size: int) -> Iterator[list[_
     order = sorted(prompts, key=lambda p: (-len(p.ids), p.index))
     for start in range(0, len(order), size):
         yield order[start : start + size]
+
+
+def _prefix_grouped_batches(prompts: list[_Prompt], size: int) -> list[list[_Prompt]]:
+    """Prompts that share at least half their tokens (a judge asks one item several
+    questions, the item first) batched together, so that their common prefix runs once;
+    the others length-sorted as usual. In token order, a group's common prefix is that of
+    its first and last prompt, so one pass finds the groups."""
+    order = sorted(prompts, key=lambda p: (p.ids, p.index))
+    groups: list[list[_Prompt]] = []
+    for p in order:
+        head = groups[-1][0].ids if groups else None
+        if head is not None and _shared(head, p.ids) >= max(MIN_SHARED_PREFIX, min(len(head), len(p.ids)) // 2):
+            groups[-1].append(p)
+        else:
+            groups.append([p])
+    batches = [g[i : i + size] for g in groups if len(g) > 1 for i in range(0, len(g), size)]
+    return batches + list(_length_sorted_batches([g[0] for g in groups if len(g) == 1], size))
+
+
+def _shared(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix of two token lists."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _stop_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:

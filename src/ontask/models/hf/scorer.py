@@ -120,7 +120,7 @@ class HFScorer(TokenizingScorer):
     def _forward(self, batch: list[tuple[int, list[int], int]]) -> list[PassResult]:
         seqs = [ids for _, ids, _ in batch]
         starts = [s for _, _, s in batch]
-        prefix = _common_prefix(seqs, limit=min(starts)) if self.share_prefix and len(seqs) > 1 else 0
+        prefix = common_prefix(seqs, limit=min(starts)) if self.share_prefix and len(seqs) > 1 else 0
         if prefix < MIN_SHARED_PREFIX:
             prefix = 0
         width = max(len(s) for s in seqs) - prefix
@@ -186,7 +186,7 @@ def _target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     return picked - torch.log(sumexp)
 
 
-def _common_prefix(seqs: list[list[int]], limit: int) -> int:
+def common_prefix(seqs: list[list[int]], limit: int) -> int:
     """Length of the longest common prefix, at most `limit` (keep >=1 token per row)."""
     first = seqs[0]
     n = min(limit, *(len(s) for s in seqs)) - 1  # leave one prompt token to predict from
