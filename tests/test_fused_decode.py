@@ -103,3 +103,16 @@ def test_questions_on_one_item_run_its_shared_part_once_and_match_eager(tiny_dir
     for a, b in zip(got, want, strict=True):
         assert a.probs.keys() == b.probs.keys()
         assert max(abs(a.probs[k] - b.probs[k]) for k in a.probs) < 1e-6 and abs(a.mass - b.mass) < 1e-6
+
+
+def test_batches_of_few_rows_decode_on_their_own_path_with_the_same_answers(model_dir):
+    from ontask.models.hf.decode import FEW_ROWS
+    from ontask.models.hf.gemm import pick_gemm
+
+    gen = load_hf_generator(model_dir, batch_size=16, kernels="fused")  # gemm auto
+    eager = load_hf_generator(model_dir, batch_size=16, kernels="eager")
+    if pick_gemm() == "default" and pick_gemm(decoding=True) == "onednn":  # Intel with oneDNN: two paths
+        assert {k: body.gemm for k, (body, _) in gen._decoder.paths.items()} == {False: "onednn", True: "default"}
+    for n in (1, FEW_ROWS, FEW_ROWS + 2):
+        reqs = [ChatRequest.of(user(p), max_tokens=20) for p in PROMPTS[:n]]
+        assert gen.chat(reqs) == eager.chat(reqs)

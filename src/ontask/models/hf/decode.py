@@ -29,16 +29,28 @@ from .fused import FusedBody
 from .gemm import Linear
 
 
+FEW_ROWS = 3  # batches up to this many rows decode on `few_rows` when there is one
+
+
 class FusedDecoder:
-    """`generate(ids, mask, ...)` for a model whose body `FusedBody` computes."""
+    """`generate(ids, mask, ...)` for a model whose body `FusedBody` computes.
 
-    def __init__(self, body: FusedBody, head: Any, softcap: float | None = None) -> None:
-        self.body, self.softcap = body, softcap
-        self.head = Linear(head.weight, head.bias, body.gemm)  # the body's GEMM path: the widest matrix
+    `few_rows`: a body on another GEMM path for batches of at most FEW_ROWS rows. On Intel
+    CPUs MKL's matrix-vector kernels beat oneDNN's on one to three rows (SmolLM2-135M, 2
+    cores: 36 vs 47 ms per step at one row, 40 vs 52 at two, 45 vs 54 at three; even at
+    four), where oneDNN wins from there on (64 vs 89 ms at six rows against MKL's GEMM)."""
 
-    def logits(self, normed: torch.Tensor) -> torch.Tensor:
+    def __init__(self, body: FusedBody, head: Any, softcap: float | None = None,
+                 few_rows: FusedBody | None = None) -> None:
+        self.softcap = softcap
+        self.paths = {False: (body, Linear(head.weight, head.bias, body.gemm))}  # the head on the body's path
+        if few_rows is not None and few_rows is not body:
+            self.paths[True] = (few_rows, Linear(head.weight, head.bias, few_rows.gemm))
+        self.body, self.head = self.paths[False]
+
+    def logits(self, normed: torch.Tensor, head: Linear | None = None) -> torch.Tensor:
         """float32 logits from hidden states after the body's final norm, [b, vocab]."""
-        logits = self.head(normed).float()
+        logits = (head or self.head)(normed).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
@@ -47,8 +59,8 @@ class FusedDecoder:
     def generate(self, ids: torch.Tensor, mask: torch.Tensor, *, max_new_tokens: int, processors: Any,
                  stop_ids: Sequence[int], pad_id: int) -> torch.Tensor:
         """Left-padded `ids` [b, w] (mask 1 on real tokens) followed by the new tokens, [b, w + steps]."""
-        body = self.body
         b, w = ids.shape
+        body, head = self.paths.get(b <= FEW_ROWS, self.paths[False])
         capacity = w + max_new_tokens
         gqa = body.kv_heads != body.heads
         shape = (b, body.kv_heads, capacity, body.head_dim)
@@ -72,7 +84,7 @@ class FusedDecoder:
         turn = body.rotation(x, positions)
         for layer in range(len(body.layers)):
             x = body.block(x, layer, turn, prefill)
-        logits = self.logits(self.body.final(x[:, -1]))
+        logits = self.logits(body.final(x[:, -1]), head)
 
         out = torch.full((b, capacity), pad_id, dtype=torch.long)
         out[:, :w] = ids
@@ -88,11 +100,11 @@ class FusedDecoder:
             unfinished &= ~torch.isin(token, stops)
             if not bool(unfinished.any()) or step + 1 == max_new_tokens:
                 return out[:, : slot + 1]
-            logits = self._step(token, slot, position + step, keys, values, bias[..., : slot + 1])
+            logits = self._step(body, head, token, slot, position + step, keys, values, bias[..., : slot + 1])
         return out[:, :w]  # max_new_tokens == 0
 
-    def _step(self, token: torch.Tensor, slot: int, position: torch.Tensor, keys: list[torch.Tensor],
-              values: list[torch.Tensor], bias: torch.Tensor) -> torch.Tensor:
+    def _step(self, body: FusedBody, head: Linear, token: torch.Tensor, slot: int, position: torch.Tensor,
+              keys: list[torch.Tensor], values: list[torch.Tensor], bias: torch.Tensor) -> torch.Tensor:
         """One token per row at cache slot `slot`: its keys and values are written there, and
         it attends to every valid slot up to it (`bias`: 0 or -inf per slot, [b, 1, 1, slot + 1]).
         The next logits, [b, vocab].
@@ -101,7 +113,6 @@ class FusedDecoder:
         group, d]): one position needs no causal mask, so this is exact, and attention reads
         the cache as it is, where `enable_gqa` would copy it to every query head first (the
         cache is as large as the weights at ~1,000 positions: 1.5x faster attention)."""
-        body = self.body
         b, h, kvh, d = token.shape[0], body.heads, body.kv_heads, body.head_dim
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -116,4 +127,4 @@ class FusedDecoder:
         turn = body.rotation(x, position)
         for layer in range(len(body.layers)):
             x = body.block(x, layer, turn, attend)
-        return self.logits(self.body.final(x[:, -1]))
+        return self.logits(body.final(x[:, -1]), head)

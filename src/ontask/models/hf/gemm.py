@@ -22,8 +22,9 @@ choice (and every float) is the same on every run there:
   by every weight; MKL repacks each weight on every call and streams them at about half
   the memory bandwidth, where oneDNN's prepacked weights do better (same Xeon, 8 rows:
   gate+up 8.1 -> 12.5 GB/s, the vocabulary head 6.7 -> 18.1 GB/s; a decoding step of
-  SmolLM2-135M 80 -> 62 ms). A model that both scores and generates in one process then
-  holds one fused copy of its weights per path.
+  SmolLM2-135M 80 -> 62 ms). Except on one to three rows on Intel, where MKL's
+  matrix-vector kernels win (`decode.FusedDecoder`'s `few_rows`). A model that both
+  scores and generates in one process holds one fused copy of its weights per path.
 """
 
 from __future__ import annotations

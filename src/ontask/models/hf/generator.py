@@ -85,6 +85,7 @@ from ..local.prompts import ChatTemplatePrompts
 from ..local.weights import load_causal_lm, model_device
 from .decode import FusedDecoder
 from .fused import select_kernels
+from .gemm import pick_gemm
 from .scorer import MIN_SHARED_PREFIX, common_prefix
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,11 @@ class HFGenerator(ChatTemplatePrompts):
         # allocated once (`decode.py`), and choice_probs runs it as the scorer does.
         self._fused, self.kernels = select_kernels(model, kernels, gemm, decoding=True)
         self._softcap = getattr(model.config, "final_logit_softcapping", None)
-        self._decoder = FusedDecoder(self._fused, model.get_output_embeddings(), self._softcap) if self._fused else None
+        self._decoder = None
+        if self._fused is not None:
+            # one to three rows: MKL's matrix-vector kernels where `gemm auto` keeps MKL for scoring (Intel)
+            few = select_kernels(model, kernels, "default")[0] if gemm == "auto" and pick_gemm() == "default" else None
+            self._decoder = FusedDecoder(self._fused, model.get_output_embeddings(), self._softcap, few_rows=few)
         self._constraints: Constraints | None = None
         self._choice_cache: dict[tuple[str, ...], tuple[int, ...]] = {}
         # Applied to free-text answers only (a JSON answer's grammar already bounds it):
