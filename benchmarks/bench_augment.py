@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -64,7 +64,7 @@ def run_mode(streaming: bool, args: argparse.Namespace, tmp: Path, db, emb) -> d
     work = tmp / ("stream" if streaming else "stage")
     log = work / "requests.jsonl"
     work.mkdir()
-    shutil.copy(emb.cache.path, work / "cache.sqlite")
+    copy_cache(emb.cache, work / "cache.sqlite")
     cache = ResultCache(work / "cache.sqlite")
     emb = Embedder(emb.model, emb.name, cache=cache)
     flags = ["--latency", str(args.latency), "--chat-handler", "tcia", "--model-name", "tiny,tiny-b"]
@@ -88,6 +88,18 @@ def run_mode(streaming: bool, args: argparse.Namespace, tmp: Path, db, emb) -> d
         bound = f"{sum(math.ceil(n / args.concurrency) for n in batches)} waves in {len(batches)} batches"
     return {"mode": mode, "calls": len(entries), "wall": wall, "ideal": ideal, "bound": bound, "manifest": manifest,
             "run": work / "run"}
+
+
+def copy_cache(cache: ResultCache, dest: Path) -> None:
+    """A copy of a cache that is still open, with what it holds in its write-ahead log: a
+    plain file copy of the SQLite file would miss every entry not yet checkpointed (here,
+    all of the database's embeddings), and the run would embed the constraints cold."""
+    src, dst = sqlite3.connect(cache.path), sqlite3.connect(dest)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
 
 
 def streaming_ideal(entries: list[dict], run: Path, args: argparse.Namespace) -> tuple[float, int, int]:

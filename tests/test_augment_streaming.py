@@ -43,7 +43,7 @@ def _augment(server: FakeServer, out: Path, db, embedder, **kw) -> dict:
     cfg = AugmentConfig(decomposer="openai:tiny", composer="openai:tiny", verifier="openai:tiny", judge="openai:tiny",
                         responders=["openai:tiny", "openai:tiny-b"], base_url=server.base_url, concurrency=8,
                         hops=2, per_op=6, max_states=80, samples=24, inputs_per_instruction=2, seed=3,
-                        min_validity=3.5, min_consistency=3.5, **kw)
+                        min_validity=3.0, min_consistency=3.0, **kw)
     roles = Roles(cfg, ResultCache(out / "cache.sqlite"))
     return run_augment([Seed(SEED)], read_inputs(DATA / "demo_inputs.jsonl"), cfg, out / "run", db=db,
                        embedder=embedder, roles=roles)
@@ -83,3 +83,39 @@ def test_overlapping_calls_share_one_in_flight_limit():
         assert server.max_in_flight <= 4
         assert all(len(r) == 4 and all(x.text for x in r) for r in results)
         assert gen.chat([ChatRequest.of([{"role": "user", "content": "after"}])])[0].text  # closed: calls work as before
+
+
+def test_the_heap_is_frozen_for_a_run_only():
+    """`frozen_heap` keeps what the process held before out of the collector's full passes
+    while a run lasts (nested: until the outermost one ends), then gives it back; a heap
+    someone else froze stays frozen."""
+    import gc
+
+    from ontask.tcia.pipeline import frozen_heap
+
+    assert gc.get_freeze_count() == 0
+    with frozen_heap():
+        assert gc.get_freeze_count() > 0
+        with frozen_heap():
+            pass
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        with frozen_heap():
+            pass
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
+def test_checkers_preload_in_a_thread_only_when_the_run_checks():
+    from ontask.checks import library
+    from ontask.tcia.outcomes import preload_checks
+
+    base = dict(decomposer="openai:tiny", composer="openai:tiny", verifier="openai:tiny", judge="openai:tiny",
+                responders=["openai:tiny"])
+    assert preload_checks(AugmentConfig(**base, check=False)) is None
+    thread = preload_checks(AugmentConfig(**base))
+    thread.join(120)
+    assert not thread.is_alive() and library._loaded is not None

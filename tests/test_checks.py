@@ -405,6 +405,32 @@ def test_import_is_offline_quiet_and_never_downloads(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("ontask-nltk-data-")]
 
 
+_TASKS_PROBE = textwrap.dedent(
+    """
+    import sys
+    from ontask.checks import check, library
+    before = check("punctuation:no_comma", {}, "No commas here.").passed
+    skipped = "lm_eval.tasks" not in sys.modules and "lm_eval.tasks.manager" not in sys.modules
+    import lm_eval.tasks
+    from lm_eval.tasks.ifeval import instructions_registry
+    print(repr((before, skipped, hasattr(lm_eval.tasks, "TaskManager"),
+                instructions_registry.INSTRUCTION_DICT is library._load().registry)))
+    """
+)
+
+
+def test_the_checkers_load_without_lm_evals_task_manager():
+    """A fresh interpreter: the checkers work without `lm_eval.tasks`' own __init__ having
+    run (its task manager is a tenth of a second of imports the checkers never use), and a
+    later `import lm_eval.tasks` still gets the real package, with the very registry the
+    checks use."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", _TASKS_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "(True, True, True, True)\n"
+
+
 def test_without_punkt_tab_only_the_punkt_checkers_lose_their_verdict(monkeypatch):
     """What happens when punkt_tab could not be provided (e.g. no writable temp dir)."""
     from lm_eval.tasks.ifeval import instructions_util

@@ -60,13 +60,16 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib
 import io
 import logging
 import os
 import random
 import shutil
+import sys
 import tempfile
 import threading
+import types
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -208,6 +211,41 @@ def _no_nltk_download():
         nltk.download = real
 
 
+def _import_ifeval() -> tuple[Any, Any]:
+    """lm-eval's `instructions` and `instructions_registry` modules, imported without running
+    the `lm_eval.tasks` package's `__init__`: that one loads lm-eval's task manager (datasets,
+    its metrics, ...: about a tenth of a second more, all of it holding the GIL) for nothing
+    the checkers use. While the two modules load, `lm_eval.tasks` is stood in for by a bare
+    package with the real one's path, removed right after, so a later `import lm_eval.tasks`
+    anywhere runs the real `__init__` and finds these same modules. Should anything about
+    this fail (another lm-eval layout), the ordinary import is used."""
+    if "lm_eval.tasks" not in sys.modules:
+        try:
+            return _import_ifeval_alone()
+        except Exception:  # noqa: BLE001 - the ordinary import below says what is wrong, if anything
+            pass
+    from lm_eval.tasks.ifeval import instructions, instructions_registry
+
+    return instructions, instructions_registry
+
+
+def _import_ifeval_alone() -> tuple[Any, Any]:
+    import lm_eval
+
+    stand_in = types.ModuleType("lm_eval.tasks")
+    stand_in.__path__ = [os.path.join(os.path.dirname(lm_eval.__file__), "tasks")]
+    sys.modules["lm_eval.tasks"] = stand_in
+    try:
+        instructions = importlib.import_module("lm_eval.tasks.ifeval.instructions")
+        registry = importlib.import_module("lm_eval.tasks.ifeval.instructions_registry")
+    finally:
+        if sys.modules.get("lm_eval.tasks") is stand_in:
+            del sys.modules["lm_eval.tasks"]
+        if getattr(lm_eval, "tasks", None) is stand_in:
+            del lm_eval.tasks
+    return instructions, registry
+
+
 def _load() -> _Library:
     """Import lm-eval's IFEval registry once, after providing `punkt_tab`."""
     global _loaded, _load_error
@@ -226,7 +264,7 @@ def _load() -> _Library:
                 punkt_problem = f"NLTK punkt_tab could not be provided offline ({_short(exc)})"
             guard = _no_nltk_download() if punkt_problem else contextlib.nullcontext()
             with guard:
-                from lm_eval.tasks.ifeval import instructions, instructions_registry
+                instructions, instructions_registry = _import_ifeval()
             import langdetect
             from importlib.metadata import version
 

@@ -8,6 +8,7 @@ those. Results carry the checkers and their reasons, so a dropped row says why.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Sequence
 
 from .library import check
@@ -31,16 +32,25 @@ class ConstraintCheck:
 
 def check_constraints(constraints: Sequence[str], response: str, prompt: str | None = None) -> list[ConstraintCheck]:
     """One result per constraint, aligned with `constraints`."""
-    return [_one(text, map_constraint(text, prompt), response, prompt) for text in constraints]
+    return [_one(text, _mapped(text, prompt), response, prompt) for text in constraints]
 
 
-def _one(text: str, specs: list[CheckSpec], response: str, prompt: str | None) -> ConstraintCheck:
+@lru_cache(maxsize=4096)
+def _mapped(text: str, prompt: str | None) -> tuple[CheckSpec, ...]:
+    """`map_constraint`, once per (constraint, instruction): every answer to one instruction
+    (each input, each responder) is checked against the same constraints, and the mapping
+    (a few dozen regular expressions per sentence) was most of what a check cost."""
+    return tuple(map_constraint(text, prompt))
+
+
+def _one(text: str, specs: Sequence[CheckSpec], response: str, prompt: str | None) -> ConstraintCheck:
     if not specs:
         return ConstraintCheck(text, None)
     results = []
     for s in specs:
         r = check(s.instruction_id, dict(s.kwargs), response, prompt=prompt)
-        results.append({"instruction_id": s.instruction_id, "kwargs": s.kwargs, "passed": r.passed, "reason": r.reason})
+        results.append({"instruction_id": s.instruction_id, "kwargs": dict(s.kwargs), "passed": r.passed,
+                        "reason": r.reason})  # a copy: the specs are shared by every answer checked
     if any(r["passed"] is False for r in results):
         passed: bool | None = False
     elif all(r["passed"] is True for r in results):

@@ -9,6 +9,7 @@ file them in the order the stage-by-stage run writes them, whatever order they a
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -156,15 +157,34 @@ class Screened:
 
 
 def load_checks() -> None:
-    """Import the constraint checkers now (lm-eval's IFEval: ~0.5 s of imports), e.g. in a
-    thread while the first calls are out: a streaming run's first code check would otherwise
-    import them on the event loop, and every answer in flight would wait that long to be read."""
+    """Import the constraint checkers now (lm-eval's IFEval: a few tenths of a second of
+    imports), and check one sample answer, which compiles most of the mapper's regular
+    expressions; the first checks would pay for that. (Not a language constraint:
+    langdetect's profiles take 0.4 s more to load, for runs that may have none.)"""
     try:
         from ..checks import library_version
+        from ..checks.verify import check_constraints
 
         library_version()
+        check_constraints(["Answer with at most 50 words and no commas."], "Two words.", "Answer.")
     except Exception:  # noqa: BLE001 - not installed or broken: the first check says so
         pass
+
+
+def preload_checks(cfg: AugmentConfig) -> threading.Thread | None:
+    """Start importing the checkers in a thread, before the seeds are decomposed (None when
+    the run checks nothing); join it once they are. The import is Python code holding the
+    GIL, the decomposition's round trip a wait on the network: they overlap. Joined before
+    the search, it never runs beside CPU work that hands the GIL back and forth (torch ops,
+    SQLite look-ups, the event loop's socket reads and writes of steps 4-6): beside such
+    work every handoff waits for the import thread's switch interval, which made the
+    import, started at steps 4-6, hold their first waves of requests up by more than it
+    costs alone. Done at the first check instead, it would stop the loop as long."""
+    if not cfg.check:
+        return None
+    thread = threading.Thread(target=load_checks, name="ontask-load-checks", daemon=True)
+    thread.start()
+    return thread
 
 
 def screen_answer(it: Item, j: int, r: ChatOutcome, model: str, cfg: AugmentConfig) -> Screened:

@@ -29,11 +29,14 @@ Outputs, all written atomically at the end (a failed run leaves the previous out
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 
 from ..models.transport.endpoint import public_url
@@ -55,6 +58,7 @@ from .outcomes import (
     finish_respond,
     on_task_context,
     pairs_of,
+    preload_checks,
     screen_answer,
     settle_composed,
     settle_validity,
@@ -122,6 +126,42 @@ class Roles:
 def run_augment(seeds: Sequence[Seed], inputs: Sequence[str], cfg: AugmentConfig, out_dir: str | Path, *,
                 db: Any, embedder: Any, roles: Roles, progress: StageProgress | None = None) -> dict[str, Any]:
     """Run the six steps and write the run directory; returns the manifest (run.json)."""
+    with frozen_heap():
+        return _run_augment(seeds, inputs, cfg, out_dir, db=db, embedder=embedder, roles=roles, progress=progress)
+
+
+_freeze_lock = threading.Lock()
+_freeze_depth = 0  # runs inside `frozen_heap` now (threads may run several)
+_freeze_ours = False  # whether the outermost one froze the heap (not someone before it)
+
+
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Keep what the process already holds out of the cyclic garbage collector's full passes
+    while runs last (`gc.freeze`, then `gc.unfreeze` when the last one ends; left alone when
+    someone else had frozen the heap already). The models, the embedder, the database and
+    every imported library are half a million objects that all live to the end, and a full
+    pass walks every one of them: 0.25-0.3 s each time the allocation count happens to
+    trigger one. Mid-run that stops the event loop with a wave of answers waiting to be
+    read; frozen, a full pass walks only what the run itself made."""
+    global _freeze_depth, _freeze_ours
+    with _freeze_lock:
+        if _freeze_depth == 0:
+            _freeze_ours = gc.get_freeze_count() == 0
+            if _freeze_ours:
+                gc.freeze()
+        _freeze_depth += 1
+    try:
+        yield
+    finally:
+        with _freeze_lock:
+            _freeze_depth -= 1
+            if _freeze_depth == 0 and _freeze_ours:
+                gc.unfreeze()
+
+
+def _run_augment(seeds: Sequence[Seed], inputs: Sequence[str], cfg: AugmentConfig, out_dir: str | Path, *,
+                 db: Any, embedder: Any, roles: Roles, progress: StageProgress | None = None) -> dict[str, Any]:
     if not inputs:
         raise ValueError("the input pool is empty: augment needs real inputs of the task to pair with")
     out = Path(out_dir)
@@ -137,9 +177,13 @@ def run_augment(seeds: Sequence[Seed], inputs: Sequence[str], cfg: AugmentConfig
     def lap(name: str, start: float) -> None:
         timings[name] = round(time.perf_counter() - start, 3)
 
+    checks = preload_checks(cfg)  # while the seeds' decomposition is out
+
     # step 1: decompose the seeds that came as plain text
     s = time.perf_counter()
     seed_states = _decompose_seeds(seeds, roles["decomposer"], failures, stage)
+    if checks is not None:
+        checks.join()  # before the search: see preload_checks
     lap("decompose", s)
 
     # step 3: search (step 2, the database, is built beforehand by `ontask db build`)

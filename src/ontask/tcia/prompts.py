@@ -20,8 +20,11 @@ _SPLIT = "=== user ==="
 
 @lru_cache(maxsize=1)
 def _env() -> jinja2.Environment:
+    """The templates ship with the package: loaded once, never checked for changes (Jinja's
+    `auto_reload` would stat each template file twice on every render: thousands of times a
+    run, on the event loop that sends the requests)."""
     return jinja2.Environment(loader=jinja2.PackageLoader("ontask.tcia", "prompts"), undefined=jinja2.StrictUndefined,
-                              autoescape=False, trim_blocks=False, keep_trailing_newline=False)
+                              autoescape=False, trim_blocks=False, keep_trailing_newline=False, auto_reload=False)
 
 
 def messages(name: str, **variables: Any) -> tuple[dict[str, str], ...]:

@@ -51,7 +51,6 @@ from .outcomes import (
     Screened,
     finish_on_task,
     finish_respond,
-    load_checks,
     on_task_context,
     pairs_of,
     screen_answer,
@@ -102,14 +101,11 @@ class StreamingSteps:
         """Every model call of steps 4-6, on this loop, each server model's shared for the duration."""
         async with models_shared(g.inner for g in self.roles.by_role.values()):
             self.flow = Flow(self.roles.by_role)
-            loop = asyncio.get_running_loop()
-            checks = loop.run_in_executor(None, load_checks) if self.cfg.check else None
             for k in range(len(self.live)):
                 self._compose(k)
             await self.flow.run()
-            for pending in (checks, self.embedding):
-                if pending is not None:
-                    await pending
+            if self.embedding is not None:
+                await self.embedding
 
     def _finish(self) -> list[dict[str, Any]]:
         """Failure records and rows in the stage-by-stage order, from the stored results."""
