@@ -215,7 +215,7 @@ def test_augment_with_every_server_role_in_batch_mode_writes_what_online_mode_wr
                             judge="openai:tiny", responders=["openai:tiny"], base_url=srv.base_url,
                             models={**roles_opts, "responders": {"batch": batch}}, concurrency=8,
                             hops=2, per_op=4, max_states=30, samples=8, inputs_per_instruction=2, seed=3,
-                            min_validity=3.5, min_consistency=3.5)
+                            min_validity=3.0, min_consistency=3.0)  # 8 samples: some must pass
         roles = Roles(cfg, ResultCache(out / "cache.sqlite"))
         return run_augment([Seed(SEED)], read_inputs(DATA / "demo_inputs.jsonl"), cfg, out / "run", db=db,
                            embedder=embedder, roles=roles)
@@ -349,7 +349,7 @@ def test_augment_batch_failures_are_resent_alone_then_recorded_with_the_provider
         cfg = AugmentConfig(decomposer="openai:tiny", composer="openai:tiny", verifier="openai:tiny",
                             judge="openai:tiny", responders=["openai:tiny"], base_url=srv.base_url, batch=True,
                             hops=2, per_op=4, max_states=30, samples=8, inputs_per_instruction=2, seed=3,
-                            min_validity=3.5, min_consistency=3.5)
+                            min_validity=3.0, min_consistency=3.0)  # 8 samples: some must pass
         run_augment([Seed(SEED)], read_inputs(DATA / "demo_inputs.jsonl"), cfg, tmp_path / "run", db=db,
                     embedder=embedder, roles=Roles(cfg, ResultCache(tmp_path / "c.sqlite")))
         created = batches_created(srv)

@@ -115,7 +115,7 @@ def test_interrupts_at_three_moments_of_one_chunk_lose_at_most_a_batch(tmp_path,
     cache = tmp_path / "resume.sqlite"
     args = ["score", *common, "-o", str(tmp_path / "out" / "s.jsonl"), "--cache", str(cache)]
     rng = random.Random(7)
-    moments = sorted(rng.uniform(0.1, 0.9) for _ in range(3))
+    moments = sorted(rng.uniform(0.1, 0.75) for _ in range(3))  # a quarter left: the signal lands before the end
     stamps: dict[str, float] = {}
     for moment, sig in zip(moments, (signal.SIGINT, signal.SIGKILL, signal.SIGINT)):
         proc = run_cli(args)

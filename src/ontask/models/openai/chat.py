@@ -62,6 +62,7 @@ from ..base import (
     OnChoice,
     Usage,
     generation_fingerprint_of as fingerprint_of,
+    json_schema_of,
     renormalise_choices,
 )
 from ..transport.http import TimedOut, Unreachable, error_message, post, session
@@ -319,7 +320,7 @@ class OpenAIChatGenerator:
         if form == "prompt":
             return self._body(req, _with_instruction(messages, _schema_instruction(model)))
         if form == "json_object":
-            return self._body(req, messages, response_format={"type": "json_object", "schema": _schema_of(model)})
+            return self._body(req, messages, response_format={"type": "json_object", "schema": json_schema_of(model)})
         return self._body(req, messages, response_format=_response_format(model))
 
     def _body(self, req: ChatRequest, messages: Sequence[dict[str, str]], **extra: Any) -> dict[str, Any]:
@@ -478,20 +479,15 @@ def _first_top_logprobs(logprobs: Any) -> list[dict[str, Any]] | None:
 
 # -- schemas ----------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=512)
-def _schema_of(model: type[BaseModel]) -> dict[str, Any]:
-    return model.model_json_schema()
-
-
-@functools.lru_cache(maxsize=512)
 def _response_format(model: type[BaseModel]) -> dict[str, Any]:
     name = re.sub(r"[^a-zA-Z0-9_-]", "_", model.__name__)[:64] or "answer"
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": _schema_of(model), "strict": False}}
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": json_schema_of(model), "strict": False}}
 
 
 @functools.lru_cache(maxsize=512)
 def _schema_instruction(model: type[BaseModel]) -> str:
     return ("Reply with only a JSON object (no prose, no code fences) that matches this JSON schema:\n"
-            + json.dumps(_schema_of(model), ensure_ascii=False))
+            + json.dumps(json_schema_of(model), ensure_ascii=False))
 
 
 def _with_instruction(messages: Sequence[dict[str, str]], instruction: str) -> list[dict[str, str]]:
