@@ -32,8 +32,13 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
 
 
 def run_cli(args: list[str], **kw) -> subprocess.Popen:
+    """The CLI in a child process that takes Ctrl-C as a user's shell would deliver it: SIGINT
+    back to its default before Python starts (a child inherits an ignored SIGINT, and earlier
+    tests' libraries may have set the test process to ignore it; Python then never raises
+    KeyboardInterrupt and the run goes on to the end)."""
     code = "from ontask.cli.main import app; app()"
-    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
 
 
 def pass_count(cache: Path) -> int:
