@@ -242,21 +242,20 @@ def sequence_rate(scorer, m: int = 2048) -> tuple[float, int]:
     per layer when the fused forward does not apply) at M=`m`, best of 5: what this CPU
     sustains on the model's GEMMs, where one shape repeated (`matmul_roofline`) keeps its
     weights and inputs hot. Also the number of GEMMs timed."""
-    import torch.nn.functional as F
-
-    if scorer._fused is not None:
-        weights = [lin.weight for layer in scorer._fused.layers for lin in layer[:4]]
+    if scorer._fused is not None:  # ontask's own linears, on the GEMM path the scorer picked
+        linears = [lin for layer in scorer._fused.layers for lin in layer[:4]]
     else:
-        weights = [mod.weight for mod in scorer._body.modules() if isinstance(mod, torch.nn.Linear)]
-    inputs = {k: torch.randn(m, k) for k in {w.shape[1] for w in weights}}
+        linears = [mod for mod in scorer._body.modules() if isinstance(mod, torch.nn.Linear)]
+    shapes = [(lin.out_features, lin.in_features) for lin in linears]
+    inputs = {k: torch.randn(m, k) for _, k in shapes}
 
     def run() -> None:
-        for w in weights:
-            F.linear(inputs[w.shape[1]], w)
+        for lin, (_, k) in zip(linears, shapes):
+            lin(inputs[k])
 
     with torch.inference_mode():
         seconds = _best_time(run, min_runs=5, min_s=0.0)
-    return 2.0 * m * sum(w.numel() for w in weights) / seconds / 1e9, len(weights)
+    return 2.0 * m * sum(n * k for n, k in shapes) / seconds / 1e9, len(linears)
 
 
 def attention_flops(cfg, lengths: list[int]) -> float:
@@ -429,7 +428,7 @@ def fp64_reference(model, encoded, idx, lm_split) -> dict[int, tuple[float, floa
 def ontask_padded_tokens(scorer, chunks) -> int | None:
     try:
         from ontask.models.base import PassError
-        from ontask.models.hf.scorer import MIN_SHARED_PREFIX, common_prefix
+        from ontask.models.hf.scorer import MIN_SHARED_PREFIX, shared_prefix
     except ImportError:
         return None
     total = 0
@@ -442,9 +441,7 @@ def ontask_padded_tokens(scorer, chunks) -> int | None:
         for batch in scorer._plan_batches(encoded):
             seqs = [ids for _, ids, _ in batch]
             starts = [s for _, _, s in batch]
-            prefix = common_prefix(seqs, limit=min(starts)) if scorer.share_prefix and len(seqs) > 1 else 0
-            if prefix < MIN_SHARED_PREFIX:
-                prefix = 0
+            prefix = shared_prefix(seqs, min(starts), MIN_SHARED_PREFIX) if scorer.share_prefix else 0
             total += len(seqs) * (max(len(s) for s in seqs) - prefix) + prefix
     return total
 

@@ -46,7 +46,7 @@ class FusedDecoder:
         self.paths = {False: (body, Linear(head.weight, head.bias, body.gemm))}  # the head on the body's path
         if few_rows is not None and few_rows is not body:
             self.paths[True] = (few_rows, Linear(head.weight, head.bias, few_rows.gemm))
-        self.body, self.head = self.paths[False]
+        self.head = self.paths[False][1]  # the one `logits` uses unless told otherwise
 
     def logits(self, normed: torch.Tensor, head: Linear | None = None) -> torch.Tensor:
         """float32 logits from hidden states after the body's final norm, [b, vocab]."""

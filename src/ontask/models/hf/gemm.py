@@ -78,7 +78,7 @@ class Linear:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, path: str) -> None:
         self.path, self.bias = path, bias
-        self.out = weight.shape[0]
+        self.out_features, self.in_features = weight.shape  # as nn.Linear names them
         self.weight: torch.Tensor | None = weight.detach().contiguous()
         if path == "onednn":  # only the packed copy is read: the plain one is not kept
             self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
@@ -86,7 +86,7 @@ class Linear:
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
-        r2 = residual.reshape(-1, self.out) if residual is not None else None
+        r2 = residual.reshape(-1, self.out_features) if residual is not None else None
         if self.path == "onednn":
             if r2 is not None and self.bias is None:
                 y = torch.ops.mkldnn._linear_pointwise.binary(x2, r2, self.packed, None, "add")
@@ -95,9 +95,9 @@ class Linear:
                 if r2 is not None:
                     y.add_(r2)
         elif r2 is not None and self.bias is None:  # accumulate into the residual stream itself (beta = 1)
-            return residual.view(-1, self.out).addmm_(x2, self.weight.t()).view(*lead, self.out)
+            return residual.view(-1, self.out_features).addmm_(x2, self.weight.t()).view(*lead, self.out_features)
         elif r2 is not None:
             y = torch.addmm(r2 + self.bias, x2, self.weight.t())
         else:
             y = F.linear(x2, self.weight, self.bias)
-        return y.view(*lead, self.out)
+        return y.view(*lead, self.out_features)

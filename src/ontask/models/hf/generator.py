@@ -86,7 +86,7 @@ from ..local.weights import load_causal_lm, model_device
 from .decode import FusedDecoder
 from .fused import select_kernels
 from .gemm import pick_gemm
-from .scorer import MIN_SHARED_PREFIX, common_prefix
+from .scorer import MIN_SHARED_PREFIX, common_prefix, right_padded, shared_prefix
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +156,12 @@ class HFGenerator(ChatTemplatePrompts):
         # On the CPU in fp32, Llama-family models decode with the fused forward and a cache
         # allocated once (`decode.py`), and choice_probs runs it as the scorer does.
         self._fused, self.kernels = select_kernels(model, kernels, gemm, decoding=True)
-        self._softcap = getattr(model.config, "final_logit_softcapping", None)
         self._decoder = None
         if self._fused is not None:
             # one to three rows: MKL's matrix-vector kernels where `gemm auto` keeps MKL for scoring (Intel)
             few = select_kernels(model, kernels, "default")[0] if gemm == "auto" and pick_gemm() == "default" else None
-            self._decoder = FusedDecoder(self._fused, model.get_output_embeddings(), self._softcap, few_rows=few)
+            self._decoder = FusedDecoder(self._fused, model.get_output_embeddings(),
+                                         getattr(model.config, "final_logit_softcapping", None), few_rows=few)
         self._constraints: Constraints | None = None
         self._choice_cache: dict[tuple[str, ...], tuple[int, ...]] = {}
         # Applied to free-text answers only (a JSON answer's grammar already bounds it):
@@ -394,18 +394,12 @@ class HFGenerator(ChatTemplatePrompts):
         """
         if self._fused is not None:
             # the prompts of one judged item share all but their last lines: that part runs once
-            prefix = common_prefix(seqs, limit=min(len(s) for s in seqs)) if len(seqs) > 1 else 0
-            prefix = prefix if prefix >= MIN_SHARED_PREFIX else 0
-            ids = torch.full((len(seqs), max(len(s) for s in seqs) - prefix), self._pad_id, dtype=torch.long)
-            for b, s in enumerate(seqs):
-                ids[b, : len(s) - prefix] = torch.tensor(s[prefix:])
+            prefix = shared_prefix(seqs, min(len(s) for s in seqs), MIN_SHARED_PREFIX)
             shared = self._fused.prefix(torch.tensor([seqs[0][:prefix]])) if prefix else None
-            hidden = self._fused(ids, shared)[torch.arange(len(seqs)), torch.tensor([len(s) - 1 - prefix for s in seqs])]
-            return torch.softmax(self._decoder.logits(hidden), dim=-1)
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
-        for b, s in enumerate(seqs):
-            ids[b, : len(s)] = torch.tensor(s)
+            hidden = self._fused(right_padded(seqs, prefix, self._pad_id), shared)
+            last = hidden[torch.arange(len(seqs)), torch.tensor([len(s) - 1 - prefix for s in seqs])]
+            return torch.softmax(self._decoder.logits(last), dim=-1)
+        ids = right_padded(seqs, 0, self._pad_id)
         last = sorted({len(s) - 1 for s in seqs})
         column = {pos: k for k, pos in enumerate(last)}
         logits = self.model(input_ids=ids.to(self.device), use_cache=False,
@@ -440,22 +434,13 @@ def _prefix_grouped_batches(prompts: list[_Prompt], size: int) -> list[list[_Pro
     groups: list[list[_Prompt]] = []
     for p in order:
         head = groups[-1][0].ids if groups else None
-        if head is not None and _shared(head, p.ids) >= max(MIN_SHARED_PREFIX, min(len(head), len(p.ids)) // 2):
+        if head is not None and common_prefix([head, p.ids], len(p.ids)) >= max(MIN_SHARED_PREFIX,
+                                                                                 min(len(head), len(p.ids)) // 2):
             groups[-1].append(p)
         else:
             groups.append([p])
     batches = [g[i : i + size] for g in groups if len(g) > 1 for i in range(0, len(g), size)]
     return batches + list(_length_sorted_batches([g[0] for g in groups if len(g) == 1], size))
-
-
-def _shared(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix of two token lists."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _stop_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:

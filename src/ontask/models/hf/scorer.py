@@ -120,17 +120,8 @@ class HFScorer(TokenizingScorer):
     def _forward(self, batch: list[tuple[int, list[int], int]]) -> list[PassResult]:
         seqs = [ids for _, ids, _ in batch]
         starts = [s for _, _, s in batch]
-        prefix = common_prefix(seqs, limit=min(starts)) if self.share_prefix and len(seqs) > 1 else 0
-        if prefix < MIN_SHARED_PREFIX:
-            prefix = 0
-        width = max(len(s) for s in seqs) - prefix
-        # Right padding and no attention mask: under a causal mask a real token never sees
-        # the pads that follow it, so its hidden state is exact, and attention keeps the
-        # fast is_causal path instead of materialising a [batch, len, len] mask.
-        ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
-        for b, s in enumerate(seqs):
-            ids[b, : len(s) - prefix] = torch.tensor(s[prefix:])
-        ids = ids.to(self.device)
+        prefix = shared_prefix(seqs, min(starts), MIN_SHARED_PREFIX) if self.share_prefix else 0
+        ids = right_padded(seqs, prefix, self._pad_id).to(self.device)
         if self._fused is not None:
             shared = self._fused.prefix(torch.tensor([seqs[0][:prefix]])) if prefix else None
             hidden = self._fused(ids, shared)
@@ -184,6 +175,25 @@ def _target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     sumexp = torch.exp(shifted).sum(dim=-1, dtype=torch.float64)
     picked = shifted.gather(1, targets[:, None])[:, 0].double()
     return picked - torch.log(sumexp)
+
+
+def shared_prefix(seqs: list[list[int]], limit: int, minimum: int) -> int:
+    """The tokens a batch runs once, before its rows: their common prefix (`common_prefix`,
+    at most `limit`) when it is at least `minimum` long, else none."""
+    prefix = common_prefix(seqs, limit) if len(seqs) > 1 else 0
+    return prefix if prefix >= minimum else 0
+
+
+def right_padded(seqs: list[list[int]], skip: int, pad_id: int) -> torch.Tensor:
+    """The rows after their first `skip` tokens, right-padded, [rows, longest - skip].
+
+    Right padding and no attention mask: under a causal mask a real token never sees the
+    pads that follow it, so its hidden state is exact, and attention keeps the fast
+    is_causal path instead of materialising a [batch, len, len] mask."""
+    ids = torch.full((len(seqs), max(len(s) for s in seqs) - skip), pad_id, dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, : len(s) - skip] = torch.tensor(s[skip:])
+    return ids
 
 
 def common_prefix(seqs: list[list[int]], limit: int) -> int:
