@@ -211,7 +211,12 @@ def test_cache_key_changes_with_model_identity(tiny_dir, tiny_scorer):
 
 @pytest.mark.slow
 def test_smollm2_batched_matches_a_float64_reference(smol_scorer):
-    """Within 1e-4 of float64 on each pass's sum (71-110 tokens): what 'exact' means here."""
+    """Within float32's rounding of float64 on each pass's sum (71-110 tokens): what 'exact'
+    means here. The noise is the body's float32 arithmetic, ~6e-6 x sqrt(tokens) per pass
+    (72 Self-Instruct passes, every batch plan alike; transformers' own forward too), so a
+    100-token sum is off by ~6e-5 and, at two sigma, 1.2e-4: the bound is 1.5e-4 per pass
+    and 6e-5 for the root mean square over the passes. A wrong mask or position is off by
+    far more (1e-2 and up)."""
     import copy
     from importlib.resources import files
 
@@ -221,7 +226,10 @@ def test_smollm2_batched_matches_a_float64_reference(smol_scorer):
     batched = smol_scorer.score(reqs)
     assert smol_scorer.stats["batches"] >= 1
     double = copy.deepcopy(smol_scorer.model).double()
+    errors = []
     for req, res in zip(reqs, batched):
         want, n = hand_logprob(smol_scorer, req, model=double)
         assert res.n_output == n
-        assert res.sum_logprob == pytest.approx(want, abs=1e-4)  # summed over all output tokens
+        assert res.sum_logprob == pytest.approx(want, abs=1.5e-4)  # summed over all output tokens
+        errors.append(res.sum_logprob - want)
+    assert (sum(e * e for e in errors) / len(errors)) ** 0.5 < 6e-5

@@ -39,7 +39,8 @@ class ScoreConfig(RoleModels):
     scorer: str | None = Field(None, description="default: the `model` setting, else embedded")
     embedder: str = "embedded"
     chunk_rows: int = Field(128, ge=1, description="rows per unit of work (and of resume)")
-    batch_tokens: int = Field(2048, ge=64, description="padded tokens per forward batch")
+    batch_tokens: int | None = Field(None, ge=64, description="padded tokens per forward batch (default: the "
+                                     "scorer's own, 1024 on the fused CPU forward, else 2048)")
     share_prefix: bool = True
     base_url: str | None = None
     batch: bool = Field(False, description="server models (openai: scorer and chat roles) through the provider's "

@@ -111,6 +111,35 @@ class FusedBody:
     def __call__(self, ids: torch.Tensor, prefix: KV | None = None) -> torch.Tensor:
         return self._run(ids, prefix, None)
 
+    def segments(self, ids: torch.Tensor, positions: torch.Tensor, spans: list[tuple[int, int]],
+                 context: list[torch.Tensor | None]) -> torch.Tensor:
+        """Last hidden states [T, hidden] of packed tokens `ids` [T] at `positions` [T].
+
+        Tokens form segments: segment s is tokens spans[s] = [a, b), which see the tokens
+        `context[s]` (indices of earlier segments' tokens: its shared prefix; None: nothing)
+        and then themselves, causally. So a batch of passes that share prefixes runs each
+        distinct token once, with no padding: the GEMMs see every token of the batch as
+        one [T, hidden] matrix, attention runs per segment."""
+        gqa = self.kv_heads != self.heads
+        keys = [None if c is None else torch.cat([c, torch.arange(a, b)]) for (a, b), c in zip(spans, context)]
+        masks = [None if c is None else _additive(torch.ones(b - a, len(c) + b - a, dtype=torch.bool).tril_(len(c)))
+                 for (a, b), c in zip(spans, context)]
+
+        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+            out = q.new_empty(1, q.shape[2], self.heads, self.head_dim)  # [1, T, h, d]: o's input as it wants it
+            for (a, b), idx, mask in zip(spans, keys, masks):
+                ks, vs = (k[:, :, a:b], v[:, :, a:b]) if idx is None else (k[:, :, idx], v[:, :, idx])
+                out[:, a:b] = F.scaled_dot_product_attention(q[:, :, a:b], ks, vs, attn_mask=mask,
+                                                             is_causal=mask is None, scale=scale,
+                                                             enable_gqa=gqa).transpose(1, 2)
+            return out.transpose(1, 2)
+
+        x = self.embed(ids[None])
+        turn = self.rotation(x, positions[None])
+        for layer in range(len(self.layers)):
+            x = self.block(x, layer, turn, attend)
+        return self.final(x)[0]
+
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         """x / rms(x), the weight left to the next GEMM: one reduction, one scaling."""
         scale = torch.linalg.vector_norm(x, dim=-1, keepdim=True).div_(x.shape[-1] ** 0.5)
@@ -151,7 +180,7 @@ class FusedBody:
         b, n = ids.shape
         start = prefix[0][0].shape[2] if prefix else 0
         gqa = self.kv_heads != self.heads
-        mask = torch.ones(n, start + n, dtype=torch.bool).tril_(start) if prefix else None
+        mask = _additive(torch.ones(n, start + n, dtype=torch.bool).tril_(start)) if prefix else None
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
             if keep is not None:
@@ -168,6 +197,13 @@ class FusedBody:
         for layer in range(len(self.layers)):
             x = self.block(x, layer, turn, attend)
         return self.final(x)
+
+
+def _additive(allowed: torch.Tensor) -> torch.Tensor:
+    """A boolean attention mask as SDPA's additive float mask, made once per forward: SDPA
+    converts a boolean mask at every call, i.e. in every layer (1.5x the attention's time
+    on short rows)."""
+    return torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf"))
 
 
 def select_kernels(model: Any, kernels: str, gemm: str, *, decoding: bool = False) -> tuple[FusedBody | None, str]:

@@ -6,8 +6,12 @@ How it is fast (in the spirit of lm-evaluation-harness's loglikelihood):
 - the transformer body runs on the whole sequence, but the vocabulary projection and
   log-softmax (the widest matmul of a small model) run only on the positions that
   predict output tokens;
-- when every sequence of a batch starts with the same tokens (the chat template's system
-  header), that prefix runs once and its key/value cache is shared by the batch;
+- prefixes shared by passes run once: on the fused CPU forward, passes are sorted by their
+  tokens, so the passes that open with the same header and instruction (TSS's
+  alternatives are other rows' instructions) share a batch, and the batch is one packed
+  forward in which each shared prefix is a segment its passes attend to (`prefixes.py`,
+  `FusedBody.segments`: 103k -> 84k tokens run on 100 Self-Instruct rows, no padding);
+  elsewhere, a prefix common to a whole batch (the chat header) runs once;
 - on the CPU in fp32, Llama-family bodies run a fused forward (`fused.py`: fewer passes
   over memory, wider GEMMs, on the CPU's fastest exact GEMM path); `kernels: eager` turns
   it off, `gemm` picks the path;
@@ -25,7 +29,7 @@ import hashlib
 import inspect
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -33,8 +37,12 @@ from ..base import OnResults, PassOutcome, PassRequest, PassResult, fingerprint_
 from ..local.tokenized import TokenizingScorer
 from ..local.weights import load_causal_lm, model_device
 from .fused import select_kernels
+from .prefixes import tree
 
 MIN_SHARED_PREFIX = 8  # below this, sharing a prefix costs more than it saves
+# Padded tokens per batch by default. The fused CPU forward runs best at ~1024: its activations
+# stay in cache (SmolLM2-135M, 2 cores: 1,258 tok/s at 1024, 1,268 at 768, 1,131 at 2048).
+FUSED_BATCH_TOKENS = 1024
 HEAD_ROWS = 1024  # positions per vocabulary GEMM (bounds the [positions x vocab] buffer)
 SOFTMAX_ROWS = 16  # rows per log-softmax slice: 16 x 49k vocab x 4 B = 3 MB, cache-sized
 
@@ -49,7 +57,7 @@ class HFScorer(TokenizingScorer):
         *,
         name: str,
         identity: dict[str, Any],
-        batch_tokens: int = 2048,
+        batch_tokens: int | None = None,
         max_length: int | None = None,
         share_prefix: bool = True,
         kernels: str = "auto",
@@ -58,7 +66,6 @@ class HFScorer(TokenizingScorer):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
-        self.batch_tokens = batch_tokens
         self.share_prefix = share_prefix
         cfg = model.config
         self.max_length = max_length or int(getattr(cfg, "max_position_embeddings", 2048))
@@ -77,7 +84,10 @@ class HFScorer(TokenizingScorer):
         }
         self._fingerprint = fingerprint_of(self._identity)
         self._fused, self.kernels = select_kernels(model, kernels, gemm)
-        self.stats = {"batches": 0, "tokens": 0, "passes": 0}
+        self.batch_tokens = batch_tokens or (FUSED_BATCH_TOKENS if self._fused is not None else 2048)
+        # tokens: of the passes scored; computed: run through the body (shared prefixes once, padding included)
+        self.stats = {"batches": 0, "tokens": 0, "passes": 0, "computed": 0}
+        self._head_out: torch.Tensor | None = None
 
     # -- identity -----------------------------------------------------------------
     @property
@@ -90,31 +100,94 @@ class HFScorer(TokenizingScorer):
 
     # -- scoring --------------------------------------------------------------------
     def score(self, requests: Sequence[PassRequest], on_results: OnResults | None = None) -> list[PassOutcome]:
+        try:
+            return self._score(requests, on_results)
+        finally:
+            self._head_out = None  # the head's buffer lives for one call
+
+    def _score(self, requests: Sequence[PassRequest], on_results: OnResults | None) -> list[PassOutcome]:
         results, encoded = self.encode_all(requests, on_results)
-        for batch in self._plan_batches(encoded):
-            done = [(i, res) for (i, _, _), res in zip(batch, self._forward(batch))]
+        if self._fused is not None and self.share_prefix:
+            batches = (self._fused_batch(batch) for batch in self._fused_plan(encoded))
+        else:
+            batches = ([(i, res) for (i, _, _), res in zip(batch, self._forward(batch))]
+                       for batch in self._plan_batches(encoded))
+        for done in batches:
             for i, res in done:
                 results[i] = res
             if on_results:
                 on_results(done)
         return results  # type: ignore[return-value]
 
-    def _plan_batches(self, encoded: list[tuple[int, list[int], int]]):
-        """Longest first (a memory problem shows at once), packed under the token budget.
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The vocabulary head on positions `h`, as float32. On the CPU in fp32 it writes into
+        one buffer kept for the call: a fresh [1024 x vocab] result (200 MB for a 49k
+        vocabulary) is new memory each time, and faulting its pages in made the head's
+        GEMM ~30% slower (262 -> 332-364 GFLOP/s measured on the scorer's shapes)."""
+        w = self._head.weight
+        if self.device.type != "cpu" or w.dtype != torch.float32 or getattr(self._head, "bias", None) is not None:
+            return self._head(h).float()
+        if self._head_out is None or self._head_out.shape[0] < len(h):
+            self._head_out = torch.empty(max(len(h), HEAD_ROWS), w.shape[0])
+        return torch.mm(h, w.t(), out=self._head_out[: len(h)])
 
-        Ties are broken by the original index so that the plan, and hence every float,
-        depends only on the requests, not on dictionary or set order.
-        """
-        order = sorted(encoded, key=lambda e: (-len(e[1]), e[0]))
+    def _plan_batches(self, encoded: list[tuple[int, list[int], int]]):
+        """Longest first (a memory problem shows at once), packed under the token budget."""
+        return pack(encoded, lambda e: len(e[1]), self.batch_tokens)
+
+    def _fused_plan(self, encoded: list[tuple[int, list[int], int]]) -> Iterator[list[tuple[int, list[int], int]]]:
+        """Passes in token order, so passes that open with the same header and instruction
+        sit together, packed while the distinct tokens of a batch (`prefixes.tree`) stay
+        within the budget (a single pass may exceed it).
+
+        A batch depends only on the passes before it in this order, and each batch is
+        committed as it finishes: a resumed call, given the passes not yet committed,
+        plans the very batches that were not run, and computes the same floats."""
         batch: list[tuple[int, list[int], int]] = []
-        for item in order:
-            width = len(batch[0][1]) if batch else len(item[1])
-            if batch and width * (len(batch) + 1) > self.batch_tokens:
+        for item in sorted(encoded, key=lambda e: (e[1], e[0])):
+            if batch and _distinct_tokens([*batch, item]) > self.batch_tokens:
                 yield batch
                 batch = []
             batch.append(item)
         if batch:
             yield batch
+
+    @torch.inference_mode()
+    def _fused_batch(self, batch: list[tuple[int, list[int], int]]) -> list[tuple[int, PassResult]]:
+        """One packed forward: each prefix the batch's passes share runs once, as a segment
+        the passes continuing it see (`FusedBody.segments`); then the vocabulary head on the
+        positions that predict output tokens."""
+        seqs = [ids for _, ids, _ in batch]
+        starts = [start for _, _, start in batch]
+        shared = tree(seqs, [s - 1 for s in starts], MIN_SHARED_PREFIX)
+        ids: list[int] = []
+        positions: list[int] = []
+        spans: list[tuple[int, int]] = []
+        at_node: list[torch.Tensor] = []  # per node: indices of its tokens, its ancestors' first
+
+        def segment(tokens: list[int] | tuple[int, ...], node: int) -> torch.Tensor | None:
+            skip = shared.start(node)
+            a = len(ids)
+            ids.extend(tokens[skip:])
+            positions.extend(range(skip, len(tokens)))
+            spans.append((a, len(ids)))
+            return at_node[node] if node >= 0 else None
+
+        context = []
+        for j, tokens in enumerate(shared.nodes):
+            context.append(segment(tokens, shared.parent[j]))
+            own = torch.arange(*spans[-1])
+            at_node.append(own if context[-1] is None else torch.cat([context[-1], own]))
+        first_pass = len(spans)
+        for s, node in zip(seqs, shared.node_of):
+            context.append(segment(s, node))
+        hidden = self._fused.segments(torch.tensor(ids), torch.tensor(positions), spans, context)
+        # the positions predicting output tokens: in pass b's own segment, from its output start - 1 on
+        where = [spans[first_pass + b][0] + start - 1 - shared.start(node) + torch.arange(len(s) - start)
+                 for b, (s, start, node) in enumerate(zip(seqs, starts, shared.node_of))]
+        results = self._sum_logprobs(hidden[torch.cat(where)], seqs, starts)
+        self.stats["computed"] += len(ids)
+        return [(i, res) for (i, _, _), res in zip(batch, results)]
 
     @torch.inference_mode()
     def _forward(self, batch: list[tuple[int, list[int], int]]) -> list[PassResult]:
@@ -132,20 +205,24 @@ class HFScorer(TokenizingScorer):
             hidden = self._body(input_ids=ids, **{self._cache_arg: pre}, use_cache=True).last_hidden_state
         else:
             hidden = self._body(input_ids=ids, use_cache=False).last_hidden_state
+        self.stats["computed"] += ids.numel() + prefix
 
         # Positions (in `hidden`, shifted by the prefix) whose next token is an output token.
-        rows, cols, targets, owner = [], [], [], []
-        for b, (s, start) in enumerate(zip(seqs, starts)):
-            n = len(s) - start
-            rows.extend([b] * n)
-            cols.extend(range(start - 1 - prefix, len(s) - 1 - prefix))
-            targets.extend(s[start:])
-            owner.extend([b] * n)
-        h = hidden[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)]
+        rows = [b for b, (s, start) in enumerate(zip(seqs, starts)) for _ in range(len(s) - start)]
+        cols = [c for s, start in zip(seqs, starts) for c in range(start - 1 - prefix, len(s) - 1 - prefix)]
+        return self._sum_logprobs(hidden[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)],
+                                  seqs, starts)
+
+    def _sum_logprobs(self, h: torch.Tensor, seqs: list[list[int]], starts: list[int]) -> list[PassResult]:
+        """Each pass's summed log-prob of its output tokens, from `h`: the last hidden states
+        at the positions predicting them, pass after pass. The vocabulary head runs on these
+        positions only."""
+        targets = [t for s, start in zip(seqs, starts) for t in s[start:]]
+        owner = [b for b, (s, start) in enumerate(zip(seqs, starts)) for _ in range(len(s) - start)]
         tgt = torch.tensor(targets, device=self.device)
         token_lp = torch.empty(len(targets), dtype=torch.float64, device=self.device)  # one copy back, at the end
         for a in range(0, len(targets), HEAD_ROWS):
-            logits = self._head(h[a : a + HEAD_ROWS]).float()
+            logits = self._logits(h[a : a + HEAD_ROWS])
             if self._softcap:
                 logits = torch.tanh(logits / self._softcap) * self._softcap
             step = SOFTMAX_ROWS if self.device.type == "cpu" else HEAD_ROWS  # a GPU wants it whole
@@ -161,6 +238,29 @@ class HFScorer(TokenizingScorer):
             PassResult(float(sums[b]), len(s) - start, start)
             for b, (s, start) in enumerate(zip(seqs, starts))
         ]
+
+
+def _distinct_tokens(batch: list[tuple[int, list[int], int]]) -> int:
+    """Tokens a packed batch runs: its passes' tokens, each shared prefix counted once."""
+    seqs = [ids for _, ids, _ in batch]
+    shared = tree(seqs, [start - 1 for _, _, start in batch], MIN_SHARED_PREFIX)
+    return sum(len(t) - shared.start(p) for t, p in zip(shared.nodes, shared.parent)) + sum(
+        len(s) - shared.start(j) for s, j in zip(seqs, shared.node_of))
+
+
+def pack(items: list, width: Any, budget: int) -> Iterator[list]:
+    """`items` widest first (a memory problem shows at once), in batches whose width x rows
+    stays under `budget` tokens (a single item may exceed it). Ties keep the given order,
+    so the plan, and hence every float, depends only on the requests."""
+    order = sorted(range(len(items)), key=lambda k: -width(items[k]))
+    batch: list = []
+    for k in order:
+        if batch and width(batch[0]) * (len(batch) + 1) > budget:
+            yield batch
+            batch = []
+        batch.append(items[k])
+    if batch:
+        yield batch
 
 
 def _target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
