@@ -425,27 +425,6 @@ def fp64_reference(model, encoded, idx, lm_split) -> dict[int, tuple[float, floa
 # --------------------------------------------------------------------------------------
 # Padding accounting (recomputed from each method's batch plan; no model call)
 # --------------------------------------------------------------------------------------
-def ontask_padded_tokens(scorer, chunks) -> int | None:
-    try:
-        from ontask.models.base import PassError
-        from ontask.models.hf.scorer import MIN_SHARED_PREFIX, shared_prefix
-    except ImportError:
-        return None
-    total = 0
-    for reqs in chunks:
-        encoded = []
-        for i, r in enumerate(reqs):
-            enc = scorer.encode(r)
-            if not isinstance(enc, PassError):
-                encoded.append((i, enc[0], enc[1]))
-        for batch in scorer._plan_batches(encoded):
-            seqs = [ids for _, ids, _ in batch]
-            starts = [s for _, _, s in batch]
-            prefix = shared_prefix(seqs, min(starts), MIN_SHARED_PREFIX) if scorer.share_prefix else 0
-            total += len(seqs) * (max(len(s) for s in seqs) - prefix) + prefix
-    return total
-
-
 def lmeval_padded_tokens(lm, prompts, outputs, batch_size: int) -> int:
     lens = sorted((min(len(c) + len(o) - 1, lm.max_length) for c, o in
                    (lm._encode_pair(p, out) for p, out in zip(prompts, outputs))), reverse=True)
@@ -686,11 +665,11 @@ def main(argv=None) -> int:
     print(f"run.json tokens_per_s = {man['tokens_per_s']} (scoring phase only; timings {man['timings']})")
 
     st = onto["stats"]
-    pad = ontask_padded_tokens(scorer, chunks)
-    print(f"ontask forward tokens: {st.get('tokens')} real (HFScorer.stats, {st.get('batches')} batches, "
-          f"{st.get('passes')} passes)" + (f"; {pad} padded tokens incl. shared prefixes, recomputed from its "
-                                           f"batch plan ({100 * (pad / st['tokens'] - 1):+.1f}% vs real)"
-                                           if pad and st.get("tokens") else ""))
+    run = st.get("computed")
+    print(f"ontask forward tokens: {st.get('tokens')} in its passes (HFScorer.stats, {st.get('batches')} batches, "
+          f"{st.get('passes')} passes)" + (f"; {run} run through the body, shared prefixes once and padding "
+                                           f"included ({100 * (run / st['tokens'] - 1):+.1f}% vs the passes' tokens)"
+                                           if run and st.get("tokens") else ""))
     if lm is not None and isinstance(lm_bs, int):
         lpad = lmeval_padded_tokens(lm, prompts, outputs, lm_bs)
         print(f"lm-eval forward tokens: {lpad} padded (batches of {lm_bs}, longest first), "

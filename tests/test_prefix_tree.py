@@ -83,3 +83,27 @@ def test_passes_from_shared_prefixes_match_float64_and_scoring_alone(tiny_scorer
         assert res.sum_logprob == pytest.approx(one.sum_logprob, abs=1e-5)
     assert [r.sum_logprob for r in scorer.score(REQUESTS)] == [r.sum_logprob for r in results]  # bit for bit
     assert scorer.stats["passes"] == 3 * len(REQUESTS) and scorer._head_out is None  # the head's buffer is let go
+
+
+def test_plan_is_the_same_for_the_passes_a_resumed_call_gets(tiny_scorer, monkeypatch):
+    """Batches are committed in order; a resumed call gets the passes of the batches not yet
+    committed and must plan exactly those batches again (the same floats, bit for bit)."""
+    import ontask.models.hf.scorer as hf
+
+    monkeypatch.setattr(hf, "MIN_SHARED_PREFIX", 2)
+    scorer = HFScorer(tiny_scorer.model, tiny_scorer.tokenizer, name="t", identity={}, batch_tokens=160,
+                      kernels="fused")
+    requests = REQUESTS * 3 + [PassRequest(r.user + " Again.", r.output) for r in REQUESTS]
+    encoded = [(i, *scorer.encode(r)) for i, r in enumerate(requests)]
+    plan = [[i for i, _, _ in batch] for batch in scorer._fused_plan(encoded)]
+    assert len(plan) >= 4 and sorted(i for b in plan for i in b) == list(range(len(requests)))
+    # passes sharing an instruction share a batch, and the batch runs fewer tokens than its passes hold
+    shared = [b for b in plan if hf._distinct_tokens([encoded[i] for i in b]) < sum(len(encoded[i][1]) for i in b)]
+    assert shared
+    for done in range(1, len(plan)):
+        left = [encoded[i] for b in plan[done:] for i in b]
+        assert [[i for i, _, _ in batch] for batch in scorer._fused_plan(left)] == plan[done:]
+    scored = scorer.score(requests)
+    left = [requests[i] for b in plan[2:] for i in b]
+    again = scorer.score(left)
+    assert [r.sum_logprob for r in again] == [scored[i].sum_logprob for b in plan[2:] for i in b]
