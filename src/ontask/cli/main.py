@@ -88,7 +88,7 @@ def score(
                                                    "rerun with a larger budget to resume)."),
     max_cost: Optional[float] = typer.Option(None, help="Stop once the scorer's spent cost reaches this many USD (needs "
                                              "its price: --model-option scorer.input_price=USD_PER_MILLION)."),
-    batch_tokens: Optional[int] = typer.Option(None, help="Padded tokens per forward batch."),
+    batch_tokens: Optional[int] = typer.Option(None, help="Tokens per forward batch (padded; on the fused CPU forward: distinct tokens). Default: the scorer's."),
     batch: Optional[bool] = typer.Option(None, "--batch", help="An openai: scorer (and chat roles) through the "
                                          "provider's batch API: about half the price, answered within hours; a "
                                          "killed run resumes its batches."),

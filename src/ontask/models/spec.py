@@ -44,7 +44,7 @@ class ModelSpec(BaseModel):
     # local (embedded, hf:, vllm:)
     device: str | None = Field(None, description=DEVICES_HELP)
     dtype: Literal["auto", "fp32", "bf16", "fp16"] | None = None
-    batch_tokens: int | None = Field(None, ge=64, description="scoring: padded tokens per forward batch")
+    batch_tokens: int | None = Field(None, ge=64, description="scoring: tokens per forward batch (padded; on the fused CPU forward: distinct tokens, shared prefixes once)")
     batch_size: int | None = Field(None, ge=1, description="generation: prompts per batch")
     max_length: int | None = Field(None, ge=8, description="context length (default: the model's)")
     kernels: Literal["auto", "fused", "eager"] | None = Field(

@@ -39,7 +39,7 @@ class ScoreConfig(RoleModels):
     scorer: str | None = Field(None, description="default: the `model` setting, else embedded")
     embedder: str = "embedded"
     chunk_rows: int = Field(128, ge=1, description="rows per unit of work (and of resume)")
-    batch_tokens: int | None = Field(None, ge=64, description="padded tokens per forward batch (default: the "
+    batch_tokens: int | None = Field(None, ge=64, description="tokens per forward batch, padded or (fused CPU forward) distinct (default: the "
                                      "scorer's own, 1024 on the fused CPU forward, else 2048)")
     share_prefix: bool = True
     base_url: str | None = None
