@@ -28,23 +28,15 @@ class Tree:
     parent: list[int]
     node_of: list[int]
 
-    def depth(self, node: int) -> int:
-        d = 0
-        while self.parent[node] >= 0:
-            node, d = self.parent[node], d + 1
-        return d
-
-    def chain(self, node: int) -> list[int]:
-        """The node and its ancestors, root first: the prefix's keys and values in order."""
-        out = []
-        while node >= 0:
-            out.append(node)
-            node = self.parent[node]
-        return out[::-1]
-
     def start(self, node: int) -> int:
         """Tokens a sequence starting with `node` skips (its length; 0 for -1)."""
         return len(self.nodes[node]) if node >= 0 else 0
+
+    def tokens_run(self, seqs: list[list[int]]) -> int:
+        """Tokens a packed forward of `seqs` (the sequences this tree was built from) runs:
+        each node's own part once, each sequence from the end of its node."""
+        return sum(len(t) - self.start(p) for t, p in zip(self.nodes, self.parent)) + sum(
+            len(s) - self.start(j) for s, j in zip(seqs, self.node_of))
 
 
 def common_length(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:

@@ -37,7 +37,7 @@ from ..base import OnResults, PassOutcome, PassRequest, PassResult, fingerprint_
 from ..local.tokenized import TokenizingScorer
 from ..local.weights import load_causal_lm, model_device
 from .fused import select_kernels
-from .prefixes import tree
+from .prefixes import Tree, tree
 
 MIN_SHARED_PREFIX = 8  # below this, sharing a prefix costs more than it saves
 # Padded tokens per batch by default. The fused CPU forward runs best at ~1024: its activations
@@ -132,8 +132,21 @@ class HFScorer(TokenizingScorer):
         return torch.mm(h, w.t(), out=self._head_out[: len(h)])
 
     def _plan_batches(self, encoded: list[tuple[int, list[int], int]]):
-        """Longest first (a memory problem shows at once), packed under the token budget."""
-        return pack(encoded, lambda e: len(e[1]), self.batch_tokens)
+        """Longest first (a memory problem shows at once), packed under the token budget.
+
+        Ties are broken by the original index so that the plan, and hence every float,
+        depends only on the requests, not on dictionary or set order.
+        """
+        order = sorted(encoded, key=lambda e: (-len(e[1]), e[0]))
+        batch: list[tuple[int, list[int], int]] = []
+        for item in order:
+            width = len(batch[0][1]) if batch else len(item[1])
+            if batch and width * (len(batch) + 1) > self.batch_tokens:
+                yield batch
+                batch = []
+            batch.append(item)
+        if batch:
+            yield batch
 
     def _fused_plan(self, encoded: list[tuple[int, list[int], int]]) -> Iterator[list[tuple[int, list[int], int]]]:
         """Passes in token order, so passes that open with the same header and instruction
@@ -159,7 +172,7 @@ class HFScorer(TokenizingScorer):
         positions that predict output tokens."""
         seqs = [ids for _, ids, _ in batch]
         starts = [start for _, _, start in batch]
-        shared = tree(seqs, [s - 1 for s in starts], MIN_SHARED_PREFIX)
+        shared = _shared_tree(batch)
         ids: list[int] = []
         positions: list[int] = []
         spans: list[tuple[int, int]] = []
@@ -240,27 +253,15 @@ class HFScorer(TokenizingScorer):
         ]
 
 
+def _shared_tree(batch: list[tuple[int, list[int], int]]) -> Tree:
+    """The prefixes a batch's passes share, each cut before its first output token's
+    predictor (a pass keeps at least the position that predicts its first output token)."""
+    return tree([ids for _, ids, _ in batch], [start - 1 for _, _, start in batch], MIN_SHARED_PREFIX)
+
+
 def _distinct_tokens(batch: list[tuple[int, list[int], int]]) -> int:
     """Tokens a packed batch runs: its passes' tokens, each shared prefix counted once."""
-    seqs = [ids for _, ids, _ in batch]
-    shared = tree(seqs, [start - 1 for _, _, start in batch], MIN_SHARED_PREFIX)
-    return sum(len(t) - shared.start(p) for t, p in zip(shared.nodes, shared.parent)) + sum(
-        len(s) - shared.start(j) for s, j in zip(seqs, shared.node_of))
-
-
-def pack(items: list, width: Any, budget: int) -> Iterator[list]:
-    """`items` widest first (a memory problem shows at once), in batches whose width x rows
-    stays under `budget` tokens (a single item may exceed it). Ties keep the given order,
-    so the plan, and hence every float, depends only on the requests."""
-    order = sorted(range(len(items)), key=lambda k: -width(items[k]))
-    batch: list = []
-    for k in order:
-        if batch and width(batch[0]) * (len(batch) + 1) > budget:
-            yield batch
-            batch = []
-        batch.append(items[k])
-    if batch:
-        yield batch
+    return _shared_tree(batch).tokens_run([ids for _, ids, _ in batch])
 
 
 def _target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
