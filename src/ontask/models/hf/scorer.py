@@ -265,17 +265,20 @@ def _distinct_tokens(batch: list[tuple[int, list[int], int]]) -> int:
 
 
 def _target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log_softmax(logits)[targets] in float64 precision at near-float32 cost.
+    """log_softmax(logits)[targets], overwriting `logits` (the head's scratch).
 
-    A plain float32 log-softmax drifts by ~1e-5 per token, i.e. ~1e-3 summed over a long
-    output; a float64 copy of [positions x vocab] is slow. So: max and exp in float32
-    (each term exact to ~1e-7 relative, all <= 1), the sum and log in float64.
+    A float32 log-softmax computed the usual way drifts by ~1e-5 per token, ~1e-3 summed
+    over a long output; a float64 copy of [positions x vocab] is slow, and so is a float64
+    sum over it (a conversion per element: 40% of this function's time). So: the max and
+    exp in float32, in place (each term exact to ~1e-7 relative, all <= 1); their sum in
+    float32 by torch's cascade summation (relative error ~1e-7, measured against a float64
+    sum: <= 2e-7 in lp per token, unbiased); the picked logit minus the max, and the log,
+    in float64.
     """
     top = logits.amax(dim=-1, keepdim=True)
-    shifted = logits - top
-    sumexp = torch.exp(shifted).sum(dim=-1, dtype=torch.float64)
-    picked = shifted.gather(1, targets[:, None])[:, 0].double()
-    return picked - torch.log(sumexp)
+    picked = logits.gather(1, targets[:, None])[:, 0].double() - top[:, 0].double()
+    sumexp = logits.sub_(top).exp_().sum(dim=-1)
+    return picked - torch.log(sumexp.double())
 
 
 def shared_prefix(seqs: list[list[int]], limit: int, minimum: int) -> int:
