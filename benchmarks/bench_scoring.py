@@ -267,6 +267,79 @@ def attention_flops(cfg, lengths: list[int]) -> float:
     return float(sum(per_pair * n * (n + 1) // 2 for n in lengths))
 
 
+class _Captured(Exception):
+    """Raised by `plan_batches`' stand-in for the forward, once it has the batch's layout."""
+
+
+def plan_batches(scorer, encoded: list[tuple[list[int], int]]) -> list[dict]:
+    """ontask's own packed plan for these passes, as its fused forward would run it: per
+    batch, the tokens run through the body, the output positions the head reads, and the
+    segments (spans, context) attention sees. The scorer's `_fused_batch` lays each batch
+    out; `FusedBody.segments` is stood in for, so nothing is computed."""
+    body, caught = scorer._fused, []
+
+    def capture(ids, positions, spans, context):
+        caught.append({"tokens": len(ids), "spans": spans, "context": context})
+        raise _Captured
+
+    body.segments = capture  # an instance attribute: shadows the method for this body only
+    try:
+        for batch in scorer._fused_plan([(i, ids, start) for i, (ids, start) in enumerate(encoded)]):
+            try:
+                scorer._fused_batch(batch)
+            except _Captured:
+                caught[-1]["outputs"] = sum(len(ids) - start for _, ids, start in batch)
+    finally:
+        del body.segments
+    return caught
+
+
+def plan_ceiling(scorer, batches: list[dict]) -> dict[str, float]:
+    """Seconds of the two kinds of work ontask's plan cannot do without, each replayed alone
+    with torch's kernels, best of 2: every GEMM of every batch (the body's fused linears with
+    their real weights on the batch's tokens, in forward order, and the vocabulary head on
+    its output positions, into one buffer as the scorer does), and every layer's attention
+    (`FusedBody.segment_attention` on the batch's real segments, random q, k, v). Their sum is
+    what this design would take if everything else (norms, rotary, SiLU, the log-softmax,
+    Python) were free: the ceiling that the eager kernels leave to it."""
+    body, head = scorer._fused, scorer._head.weight
+    h, kvh, d = body.heads, body.kv_heads, body.head_dim
+    width = max(b["tokens"] for b in batches)
+    x_in = {lin.in_features: torch.randn(width, lin.in_features) for layer in body.layers for lin in layer[:4]}
+    res = torch.randn(width, body.layers[0][1].out_features)
+    head_out = torch.empty(max(b["outputs"] for b in batches), head.shape[0])
+
+    def gemms() -> None:
+        for b in batches:
+            t, r = b["tokens"], res[: b["tokens"]]
+            for qkv, o, gate_up, down, _ in body.layers:
+                qkv(x_in[qkv.in_features][:t])
+                o(x_in[o.in_features][:t], residual=r)
+                gate_up(x_in[gate_up.in_features][:t])
+                down(x_in[down.in_features][:t], residual=r)
+            torch.mm(x_in[head.shape[1]][: b["outputs"]], head.t(), out=head_out[: b["outputs"]])
+
+    def attention() -> None:
+        for b in batches:
+            y = torch.randn(1, b["tokens"], h + 2 * kvh, d)  # as the qkv GEMM lays q, k, v out
+            q, k, v = (y[:, :, :h].transpose(1, 2), y[:, :, h : h + kvh].transpose(1, 2),
+                       y[:, :, h + kvh :].transpose(1, 2))
+            attend = body.segment_attention(b["spans"], b["context"])
+            for layer, (*_, scale) in enumerate(body.layers):
+                attend(layer, q, k, v, scale)
+
+    def best_of_2(fn) -> float:
+        times = []
+        for _ in range(2):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    with torch.inference_mode():
+        return {"gemm_s": best_of_2(gemms), "attention_s": best_of_2(attention)}
+
+
 def _lossy_modes(choice: str, facts: dict) -> list[str]:
     if choice == "none":
         return []
@@ -487,7 +560,7 @@ def main(argv=None) -> int:
                     help="HFLM max_batch_size, the start of 'auto' detection (default 64, lm-eval's)")
     ap.add_argument("--fp64-check", type=int, default=4,
                     help="passes (longest outputs) also scored by a float64 copy of the model, untimed (default 4)")
-    ap.add_argument("--skip", default="", help="comma list of methods to skip: cherry,lmeval,eager")
+    ap.add_argument("--skip", default="", help="comma list of what to skip: cherry,lmeval,eager,ceiling")
     ap.add_argument("--lossy", default="auto",
                     help="lossy modes to time against exact fp32: comma list of bf16, or none (default auto: bf16 "
                          "where the CPU has avx512_bf16 or AMX)")
@@ -582,6 +655,26 @@ def main(argv=None) -> int:
     print(f"sustained: the model's {seq_n} linears in forward order at M=2048 (real weights) run at {seq_rate:.1f} "
           f"GFLOP/s ({100 * seq_rate / peak:.0f}% of the best single shape) -> sustained roofline {roof_seq:.0f} "
           f"tokens/s ({usage_seq.line()})")
+    ceiling = None
+    if scorer._fused is not None and "ceiling" not in skip:
+        batches = plan_batches(scorer, [encoded[i] for i in ok])
+        with Usage(args.threads) as usage_ceil:
+            ceiling = plan_ceiling(scorer, batches)
+        run_tokens = sum(b["tokens"] for b in batches)
+        gemm_fl = sum(2.0 * b["tokens"] * sum(lin.in_features * lin.out_features for layer in scorer._fused.layers
+                                               for lin in layer[:4]) + 2.0 * b["outputs"] * scorer._head.weight.numel()
+                      for b in batches)
+        per_pair = attention_flops(mcfg, [1])  # one (query, key) pair over every layer
+        attn_fl = sum(per_pair * (b - a) * ((0 if c is None else len(c)) + (b - a + 1) / 2)
+                      for bt in batches for (a, b), c in zip(bt["spans"], bt["context"]))
+        ceil_s = ceiling["gemm_s"] + ceiling["attention_s"]
+        roof_ceil = tokens / ceil_s
+        print(f"ceiling of ontask's plan ({len(batches)} batches, {run_tokens} tokens run for {tokens} in the passes), "
+              f"its work replayed alone with torch's kernels: GEMMs {ceiling['gemm_s']:.1f}s "
+              f"({gemm_fl / ceiling['gemm_s'] / 1e9:.0f} GFLOP/s, {100 * gemm_fl / ceiling['gemm_s'] / 1e9 / peak:.0f}% "
+              f"of the roofline rate), attention {ceiling['attention_s']:.1f}s ({attn_fl / ceiling['attention_s'] / 1e9:.0f}"
+              f" GFLOP/s) -> {roof_ceil:.0f} tokens/s = {100 * roof_ceil / roof_head:.0f}% of the roofline, were "
+              f"everything else free ({usage_ceil.line()})")
     from ontask.models.hf.gemm import cpu_vendor, pick_gemm
 
     print(f"ontask's scorer runs: {scorer.kernels}; gemm auto picks '{pick_gemm()}' on {cpu_vendor() or 'this CPU'}\n",
@@ -658,6 +751,10 @@ def main(argv=None) -> int:
     rows.append(["sustained roofline: the model's GEMM sequence rate / flops per token", "", "", "",
                  f"{roof_seq:.0f}", f"{roof_seq / base:.2f}x", f"{100 * roof_seq / roof:.0f}%",
                  f"{100 * roof_seq / roof_head:.0f}%", "100%"])
+    if ceiling:
+        rows.append(["ceiling: ontask's plan, its GEMMs + attention alone", "", "", "", f"{roof_ceil:.0f}",
+                     f"{roof_ceil / base:.2f}x", f"{100 * roof_ceil / roof:.0f}%", f"{100 * roof_ceil / roof_head:.0f}%",
+                     f"{100 * roof_ceil / roof_seq:.0f}%"])
     print()
     print(fmt_table(["method", "passes", "tokens", "seconds", "tokens/s", "x vs ontask",
                      "% of body-only roofline", "% of roofline", "% of sustained roofline"], rows))

@@ -120,6 +120,18 @@ class FusedBody:
         and then themselves, causally. So a batch of passes that share prefixes runs each
         distinct token once, with no padding: the GEMMs see every token of the batch as
         one [T, hidden] matrix, attention runs per segment."""
+        attend = self.segment_attention(spans, context)
+        x = self.embed(ids[None])
+        turn = self.rotation(x, positions[None])
+        for layer in range(len(self.layers)):
+            x = self.block(x, layer, turn, attend)
+        return self.final(x)[0]
+
+    def segment_attention(self, spans: list[tuple[int, int]], context: list[torch.Tensor | None]) -> Any:
+        """`segments`' attention as `block` calls it, `attend(layer, q, k, v, scale)`: each
+        segment's queries against its context's keys and then its own, causally (SDPA per
+        segment; the masks made once, here, for every layer). A method of its own so that
+        `benchmarks/bench_scoring.py` can time the attention of a real plan alone."""
         gqa = self.kv_heads != self.heads
         keys = [None if c is None else torch.cat([c, torch.arange(a, b)]) for (a, b), c in zip(spans, context)]
         masks = [None if c is None else _additive(torch.ones(b - a, len(c) + b - a, dtype=torch.bool).tril_(len(c)))
@@ -134,11 +146,7 @@ class FusedBody:
                                                              enable_gqa=gqa).transpose(1, 2)
             return out.transpose(1, 2)
 
-        x = self.embed(ids[None])
-        turn = self.rotation(x, positions[None])
-        for layer in range(len(self.layers)):
-            x = self.block(x, layer, turn, attend)
-        return self.final(x)[0]
+        return attend
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         """x / rms(x), the weight left to the next GEMM: one reduction, one scaling."""
