@@ -22,7 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_scoring as B  # noqa: E402
 
-PLANS = {"previous (header only, padded, 2048)": (False, 2048), "shared prefixes, packed, 1024": (True, 1024)}
+from ontask.models.hf.scorer import FUSED_BATCH_TOKENS  # noqa: E402
+
+PLANS = {"previous (header only, padded, 2048)": (False, 2048),
+         f"shared prefixes, packed, {FUSED_BATCH_TOKENS}": (True, FUSED_BATCH_TOKENS)}
 
 
 def main(argv=None) -> int:

@@ -661,8 +661,8 @@ def main(argv=None) -> int:
         with Usage(args.threads) as usage_ceil:
             ceiling = plan_ceiling(scorer, batches)
         run_tokens = sum(b["tokens"] for b in batches)
-        gemm_fl = sum(2.0 * b["tokens"] * sum(lin.in_features * lin.out_features for layer in scorer._fused.layers
-                                               for lin in layer[:4]) + 2.0 * b["outputs"] * scorer._head.weight.numel()
+        body_weights = sum(lin.in_features * lin.out_features for layer in scorer._fused.layers for lin in layer[:4])
+        gemm_fl = sum(2.0 * b["tokens"] * body_weights + 2.0 * b["outputs"] * scorer._head.weight.numel()
                       for b in batches)
         per_pair = attention_flops(mcfg, [1])  # one (query, key) pair over every layer
         attn_fl = sum(per_pair * (b - a) * ((0 if c is None else len(c)) + (b - a + 1) / 2)

@@ -37,11 +37,13 @@ from ..base import OnResults, PassOutcome, PassRequest, PassResult, fingerprint_
 from ..local.tokenized import TokenizingScorer
 from ..local.weights import load_causal_lm, model_device
 from .fused import select_kernels
-from .prefixes import Tree, tree
+from .prefixes import Tree, common_length, tree
 
 MIN_SHARED_PREFIX = 8  # below this, sharing a prefix costs more than it saves
-# Padded tokens per batch by default. The fused CPU forward runs best at ~1024: its activations
-# stay in cache (SmolLM2-135M, 2 cores: 1,258 tok/s at 1024, 1,268 at 768, 1,131 at 2048).
+# Tokens per batch by default on the fused CPU forward (distinct tokens: shared prefixes once),
+# where ~1024 runs best: its activations stay in cache (SmolLM2-135M, 2 cores, measured on the
+# padded plan: 1,258 tok/s at 1024, 1,268 at 768, 1,131 at 2048; on the packed plan 1024,
+# 1536 and 2048 tie). Elsewhere 2048 padded tokens.
 FUSED_BATCH_TOKENS = 1024
 HEAD_ROWS = 1024  # positions per vocabulary GEMM (bounds the [positions x vocab] buffer)
 SOFTMAX_ROWS = 16  # rows per log-softmax slice: 16 x 49k vocab x 4 B = 3 MB, cache-sized
@@ -302,13 +304,8 @@ def right_padded(seqs: list[list[int]], skip: int, pad_id: int) -> torch.Tensor:
 
 def common_prefix(seqs: list[list[int]], limit: int) -> int:
     """Length of the longest common prefix, at most `limit` (keep >=1 token per row)."""
-    first = seqs[0]
-    n = min(limit, *(len(s) for s in seqs)) - 1  # leave one prompt token to predict from
-    for i in range(max(n, 0)):
-        tok = first[i]
-        if any(s[i] != tok for s in seqs):
-            return i
-    return max(n, 0)
+    n = max(min(limit, *(len(s) for s in seqs)) - 1, 0)  # leave one prompt token to predict from
+    return min([n, *(common_length(seqs[0], s) for s in seqs[1:])])
 
 
 def weights_identity(path: Path) -> dict[str, Any]:
